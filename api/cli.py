@@ -1,0 +1,252 @@
+"""The `envctl` command line.
+
+Exit codes, one table for every command (`EXIT_CODES`):
+    0 ok · 1 operation failed · 2 invalid input or usage · 3 a required service unreachable
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from api.settings import Settings
+from api.specfiles import load_spec
+from hashing import (
+    EnvctlError,
+    EnvironmentSpec,
+    EnvKey,
+    ImageName,
+    InvalidReference,
+    SpecError,
+    SpecFormat,
+    canonical_inputs,
+    compute_key,
+    parse_image,
+)
+from hashing.explain import describe, diff
+from registry import DigestResolver, ImageNotFound, RegistryUnavailable
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_UNAVAILABLE = 0, 1, 2, 3
+EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
+    (SpecError, EXIT_INVALID),
+    (ImageNotFound, EXIT_INVALID),  # the spec names a base image that does not exist
+    (RegistryUnavailable, EXIT_UNAVAILABLE),
+    (EnvctlError, EXIT_FAILED),
+)
+
+app = typer.Typer(
+    name="envctl",
+    help="Build environment images exactly once, keyed by their content.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
+NoResolveOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-resolve", help="Hash a base image tag as written (the key is then unpinned)."
+    ),
+]
+BaseImageOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--base-image",
+        help="Base image for specs that name none (conda files). Default: $ENVCTL_BASE_IMAGE.",
+    ),
+]
+FormatOpt = Annotated[
+    str | None,
+    typer.Option("--format", help="Spec format: envctl, conda or azureml (default: detected)."),
+]
+
+
+def exit_code(exc: Exception) -> int:
+    """The CLI's exit code for an error, from the one table."""
+    for kind, code in EXIT_CODES:
+        if isinstance(exc, kind):
+            return code
+    raise exc
+
+
+@dataclass
+class _Context:
+    settings: Settings
+    resolver: DigestResolver
+
+
+def _context(ctx: typer.Context) -> _Context:
+    obj = ctx.find_root().obj
+    assert isinstance(obj, _Context)
+    return obj
+
+
+@app.callback()
+def _root(ctx: typer.Context) -> None:
+    if ctx.obj is None:  # tests may pass their own
+        settings = Settings.from_env(os.environ)
+        resolver = DigestResolver(
+            insecure=settings.insecure_registries, timeout=settings.registry_timeout
+        )
+        ctx.call_on_close(resolver.close)
+        ctx.obj = _Context(settings, resolver)
+
+
+def _keyed(
+    c: _Context, path: str, *, resolve: bool, base_image: str | None, fmt: str | None
+) -> tuple[EnvironmentSpec, EnvKey]:
+    """Load a spec, pin its base image (unless told not to) and compute its key."""
+    spec = load_spec(path, format=_format(fmt), default_base=_default_base(c, base_image))
+    if resolve:
+        spec = spec.with_base_digest(c.resolver.resolve(spec.base_image).digest or "")
+    return spec, compute_key(spec)
+
+
+def _default_base(c: _Context, flag: str | None) -> ImageName | None:
+    text = flag or c.settings.default_base_image
+    if text is None:
+        return None
+    try:
+        return parse_image(text)
+    except InvalidReference as exc:
+        source = "--base-image" if flag else "ENVCTL_BASE_IMAGE"
+        raise SpecError(str(exc), source=source) from None
+
+
+def _format(text: str | None) -> SpecFormat | None:
+    if text is None or text in ("envctl", "conda", "azureml"):
+        return text  # type: ignore[return-value]
+    raise SpecError(f"unknown format {text!r}: use envctl, conda or azureml", source="--format")
+
+
+def _fail(exc: EnvctlError) -> int:
+    err.print(f"[red]error:[/red] {escape(str(exc))}")
+    return exit_code(exc)
+
+
+@app.command("hash")
+def hash_command(
+    ctx: typer.Context,
+    specs: Annotated[list[str], typer.Argument(help="Spec files.", metavar="SPEC...")],
+    as_json: JsonOpt = False,
+    no_resolve: NoResolveOpt = False,
+    base_image: BaseImageOpt = None,
+    fmt: FormatOpt = None,
+) -> None:
+    """Print the content key of each spec: `KEY  PATH`, one line per spec."""
+    c = _context(ctx)
+    code = EXIT_OK
+    results: list[dict[str, Any]] = []
+    for path in specs:
+        try:
+            spec, key = _keyed(c, path, resolve=not no_resolve, base_image=base_image, fmt=fmt)
+        except EnvctlError as exc:
+            code = code or _fail(exc)
+            continue
+        pinned = spec.base_image.pinned
+        results.append({"spec": path, "key": key, "pinned": pinned})
+        if not as_json:
+            out.print(f"{key}  {escape(path)}", markup=True)
+            if not pinned:
+                err.print(f"note: {escape(path)}: key is unpinned (base image tag not resolved)")
+    if as_json:
+        out.print_json(json.dumps(results)) if sys.stdout.isatty() else print(json.dumps(results))
+    raise typer.Exit(code)
+
+
+@app.command("explain")
+def explain_command(
+    ctx: typer.Context,
+    spec: Annotated[str, typer.Argument(help="Spec file.")],
+    other: Annotated[str | None, typer.Argument(help="A second spec to compare with.")] = None,
+    as_json: JsonOpt = False,
+    no_resolve: NoResolveOpt = False,
+    base_image: BaseImageOpt = None,
+    fmt: FormatOpt = None,
+) -> None:
+    """Show the canonical inputs behind a key; with OTHER, exactly which inputs differ."""
+    c = _context(ctx)
+    try:
+        left, left_key = _keyed(c, spec, resolve=not no_resolve, base_image=base_image, fmt=fmt)
+        right = right_key = None
+        if other is not None:
+            right, right_key = _keyed(
+                c, other, resolve=not no_resolve, base_image=base_image, fmt=fmt
+            )
+    except EnvctlError as exc:
+        raise typer.Exit(_fail(exc)) from None
+    if right is None:
+        _explain_one(spec, left, left_key, as_json)
+    else:
+        assert right_key is not None
+        assert other is not None
+        _explain_two((spec, left, left_key), (other, right, right_key), as_json)
+
+
+def _explain_one(path: str, spec: EnvironmentSpec, key: EnvKey, as_json: bool) -> None:
+    if as_json:
+        body = {"spec": path, "key": key, "pinned": spec.base_image.pinned}
+        print(json.dumps({**body, "inputs": canonical_inputs(spec)}, indent=2))
+        return
+    out.print(f"[bold]{key}[/bold]  {escape(path)}")
+    for name, lines in describe(spec):
+        label = f"[cyan]{name}[/cyan]"
+        if not lines:
+            out.print(f"  {label}: [dim](none)[/dim]")
+        elif len(lines) == 1 and name in ("base_image", "platform"):
+            out.print(f"  {label}: {escape(lines[0])}")
+        else:
+            out.print(f"  {label}:")
+            for line in lines:
+                out.print(f"    {escape(line)}")
+
+
+def _explain_two(
+    left: tuple[str, EnvironmentSpec, EnvKey],
+    right: tuple[str, EnvironmentSpec, EnvKey],
+    as_json: bool,
+) -> None:
+    (lpath, lspec, lkey), (rpath, rspec, rkey) = left, right
+    differences = diff(lspec, rspec)
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "same_key": lkey == rkey,
+                    "left": {"spec": lpath, "key": lkey},
+                    "right": {"spec": rpath, "key": rkey},
+                    "differences": [
+                        {"input": d.input, "left": list(d.left), "right": list(d.right)}
+                        for d in differences
+                    ],
+                },
+                indent=2,
+            )
+        )
+        return
+    if lkey == rkey:
+        out.print(f"same key {lkey}")
+        return
+    out.print(f"[red]-[/red] {lkey}  {escape(lpath)}")
+    out.print(f"[green]+[/green] {rkey}  {escape(rpath)}")
+    for d in differences:
+        out.print(f"  [cyan]{d.input}[/cyan]:")
+        for line in d.left:
+            out.print(f"    [red]- {escape(line)}[/red]")
+        for line in d.right:
+            out.print(f"    [green]+ {escape(line)}[/green]")
+
+
+def main() -> None:
+    """Entry point of the `envctl` console script."""
+    app()

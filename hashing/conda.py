@@ -1,0 +1,161 @@
+"""Conda environments: channels, match specs and pip requirements, normalized.
+
+Normalization merges what conda and pip read the same way and nothing else:
+- dependencies are a set: order and duplicates do not matter; each match spec is re-written by
+  rattler's parser (`numpy >= 1.20` is `numpy >=1.20`, `numpy=1.20` is `numpy 1.20.*`),
+  but `numpy=1.20` and `numpy==1.20` stay different because conda reads them differently;
+- channels are a priority list: order matters, a repeated channel adds nothing;
+- pip requirements are a set, each re-written by `packaging` with PEP 503 names
+  (`Scikit_Learn` is `scikit-learn`); pip options (`--extra-index-url=…`) keep their order.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+from pydantic import BaseModel, ConfigDict, Field
+from rattler import MatchSpec
+from rattler.exceptions import InvalidMatchSpecError
+
+from hashing.validate import VariableName, validate
+from hashing.yamldoc import Path, YamlDocument
+
+_PIP_OPTION = re.compile(r"^(?P<flag>--?[A-Za-z][\w-]*)(?:(?:\s*=\s*|\s+)(?P<value>.+))?$")
+
+
+@dataclass(frozen=True)
+class CondaEnvironment:
+    """The normalized content of a conda environment file (its `name:` is not part of it)."""
+
+    channels: tuple[str, ...] = ()
+    dependencies: tuple[str, ...] = ()
+    pip: tuple[str, ...] = ()
+    pip_options: tuple[str, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        """True when the environment installs nothing (its channels then do not matter)."""
+        return not self.dependencies and not self.pip
+
+    def canonical(self) -> dict[str, list[str]]:
+        """The key's view of this environment."""
+        return {
+            "channels": list(self.channels),
+            "dependencies": list(self.dependencies),
+            "pip": list(self.pip),
+            "pip_options": list(self.pip_options),
+        }
+
+
+def normalize_match_spec(text: str) -> str:
+    """Re-write one conda match spec in rattler's canonical form; ValueError when invalid."""
+    if not text.strip():
+        raise ValueError("empty match spec")
+    try:
+        return str(MatchSpec(text.strip()))
+    except InvalidMatchSpecError as exc:
+        raise ValueError(f"invalid conda match spec {text!r}: {str(exc).splitlines()[0]}") from exc
+
+
+def normalize_pip_line(text: str) -> tuple[bool, str]:
+    """Normalize one line of a `pip:` list: (is_option, text); ValueError when invalid.
+
+    Requirements follow PEP 508; direct references without a name (`git+https://…`, a path or a
+    wheel URL) are kept as written, since pip reads them that way.
+    """
+    line = text.strip()
+    if not line:
+        raise ValueError("empty pip requirement")
+    if line.startswith("-"):
+        match = _PIP_OPTION.match(line)
+        if match is None:
+            raise ValueError(f"invalid pip option {line!r}")
+        flag, value = match.group("flag"), match.group("value")
+        if value is None:
+            return True, flag
+        return True, flag + ("=" if flag.startswith("--") else " ") + value.strip()
+    if "://" in line or line.startswith((".", "/", "~")):
+        try:
+            Requirement(line)
+        except InvalidRequirement:
+            return False, line
+    try:
+        req = Requirement(line)
+    except InvalidRequirement as exc:
+        reason = str(exc).splitlines()[0]
+        raise ValueError(f"invalid pip requirement {line!r}: {reason}") from exc
+    out: str = canonicalize_name(req.name)
+    if req.extras:
+        out += "[" + ",".join(sorted({canonicalize_name(e) for e in req.extras})) + "]"
+    if req.url:
+        out += f" @ {req.url}"
+    else:
+        out += ",".join(sorted(str(s) for s in req.specifier))
+    if req.marker is not None:
+        out += f" ; {req.marker}"
+    return False, out
+
+
+class CondaFile(BaseModel):
+    """The shape of a conda `environment.yml` (match specs are checked after, one by one)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str | None = None
+    prefix: str | None = None
+    channels: list[str] = Field(default_factory=list)
+    dependencies: list[Any] = Field(default_factory=list)
+    variables: dict[VariableName, str] = Field(default_factory=dict)
+
+
+def parse_conda(doc: YamlDocument, at: Path = ()) -> tuple[CondaEnvironment, dict[str, str]]:
+    """Read the conda environment mapping found at `at` in `doc`.
+
+    Returns the environment and its `variables:` (conda sets them on activation; envctl sets them
+    in the image).
+    """
+    model = validate(doc, CondaFile, at)
+    channels: list[str] = []
+    for i, channel in enumerate(model.channels):
+        if not channel.strip() or any(c.isspace() for c in channel.strip()):
+            raise doc.error((*at, "channels", i), f"invalid channel {channel!r}")
+        channels.append(channel.strip().rstrip("/"))
+    deps: set[str] = set()
+    pip: set[str] = set()
+    pip_options: list[str] = []
+    for i, dep in enumerate(model.dependencies):
+        here = (*at, "dependencies", i)
+        if isinstance(dep, str):
+            try:
+                deps.add(normalize_match_spec(dep))
+            except ValueError as exc:
+                raise doc.error(here, str(exc)) from None
+        elif isinstance(dep, dict) and set(dep) == {"pip"} and isinstance(dep["pip"], list):
+            _pip_list(doc, (*here, "pip"), dep["pip"], pip, pip_options)
+        else:
+            raise doc.error(here, "a dependency is a conda match spec or a `pip:` list")
+    env = CondaEnvironment(
+        # a repeated channel cannot change priority: the first occurrence wins
+        channels=tuple(dict.fromkeys(channels)),
+        dependencies=tuple(sorted(deps)),
+        pip=tuple(sorted(pip)),
+        pip_options=tuple(dict.fromkeys(pip_options)),
+    )
+    return env, dict(model.variables)
+
+
+def _pip_list(
+    doc: YamlDocument, at: Path, raw: list[Any], pip: set[str], options: list[str]
+) -> None:
+    for j, line in enumerate(raw):
+        if not isinstance(line, str):
+            raise doc.error((*at, j), f"a pip requirement is a string, not {line!r}")
+        try:
+            is_option, text = normalize_pip_line(line)
+        except ValueError as exc:
+            raise doc.error((*at, j), str(exc)) from None
+        (options.append if is_option else pip.add)(text)

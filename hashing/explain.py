@@ -1,0 +1,85 @@
+"""What went into a key, and what differs between two specs: readable, pure."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from hashing.dockersteps import DockerStep
+from hashing.key import canonical_inputs
+from hashing.spec import EnvironmentSpec
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One input that differs between two specs: what only the left and only the right has."""
+
+    input: str
+    left: tuple[str, ...]
+    right: tuple[str, ...]
+
+
+def describe(spec: EnvironmentSpec) -> list[tuple[str, list[str]]]:
+    """The key's inputs as (input, lines) pairs, in the order a person reads a spec."""
+    return [(name, _lines(spec, name)) for name in _INPUTS]
+
+
+def diff(left: EnvironmentSpec, right: EnvironmentSpec) -> list[Difference]:
+    """Exactly which inputs differ; an empty list means the same key."""
+    out = []
+    for name in _INPUTS:
+        a, b = _lines(left, name), _lines(right, name)
+        if a != b:
+            if name in _ORDERED:  # order is meaning here: show both sides whole
+                out.append(Difference(name, tuple(a), tuple(b)))
+            else:
+                only_a = tuple(x for x in a if x not in set(b))
+                only_b = tuple(x for x in b if x not in set(a))
+                out.append(Difference(name, only_a, only_b))
+    return out
+
+
+_INPUTS = (
+    "base_image",
+    "platform",
+    "conda.channels",
+    "conda.dependencies",
+    "conda.pip",
+    "conda.pip_options",
+    "variables",
+    "docker_steps",
+    "context",
+)
+_ORDERED = frozenset({"conda.channels", "conda.pip_options", "docker_steps"})
+
+
+def _lines(spec: EnvironmentSpec, name: str) -> list[str]:
+    inputs = canonical_inputs(spec)
+    if name == "base_image":
+        base = spec.base_image
+        if base.digest is None:
+            return [f"{base.name}:{base.tag}  (unpinned: the tag was not resolved to a digest)"]
+        return [f"{base.name}@{base.digest}"]
+    if name == "platform":
+        return [spec.platform]
+    if name.startswith("conda."):
+        conda = inputs["conda"] or {}
+        return list(conda.get(name.split(".", 1)[1], []))
+    if name == "variables":
+        return [f"{k}={v}" for k, v in spec.variables]
+    if name == "docker_steps":
+        return [_step_text(step) for step in spec.docker_steps]
+    entries = spec.context.entries if spec.context is not None else ()
+    return [
+        f"{e.path}  {e.kind} {e.mode:04o}" + (f" {e.digest}" if e.digest else "") for e in entries
+    ]
+
+
+def _step_text(step: DockerStep) -> str:
+    words = [
+        step.instruction,
+        *([step.sub_instruction] if step.sub_instruction else []),
+        *step.flags,
+    ]
+    words.append(json.dumps(list(step.args)) if step.json else " ".join(step.args))
+    return " ".join(words) + (f"  (+{len(step.heredocs)} heredoc)" if step.heredocs else "")

@@ -1,0 +1,306 @@
+"""The environment spec: one model, read from three file formats that mean the same thing.
+
+    envctl YAML       base_image, docker_steps, conda (path or inline), variables, platform, context
+    conda YAML        name/channels/dependencies (+ pip:); the base image comes from the caller
+    Azure ML (CLI v2) image + conda_file, or build: {path, dockerfile_path} whose FROM is the base
+
+Parsing is pure: `parse_spec_text` turns one file's text into a `SpecDraft` that lists the other
+files it names (`FileRef`); the caller reads those and calls `complete_spec`. Nothing here opens a
+file, reads the clock or the environment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from hashing.conda import CondaEnvironment, parse_conda
+from hashing.dockersteps import DockerStep, ParsedDockerfile, parse_steps
+from hashing.errors import SpecError
+from hashing.imageref import (
+    DEFAULT_PLATFORM,
+    ImageName,
+    InvalidReference,
+    normalize_platform,
+    parse_image,
+)
+from hashing.validate import VariableName, validate
+from hashing.yamldoc import Path, YamlDocument, load_yaml
+
+SpecFormat = Literal["envctl", "conda", "azureml"]
+
+
+@dataclass(frozen=True, order=True)
+class ContextEntry:
+    """One path of a build context: a file (xxh3 of its bytes), a symlink (its target) or a dir."""
+
+    path: str
+    kind: Literal["file", "dir", "symlink"]
+    mode: int
+    digest: str = ""
+
+    def canonical(self) -> list[str]:
+        """The key's view of this entry."""
+        return [self.path, self.kind, f"{self.mode:04o}", self.digest]
+
+
+@dataclass(frozen=True)
+class ContextManifest:
+    """What a build context holds after `.dockerignore`/`.amlignore`; `root` is where it lives."""
+
+    entries: tuple[ContextEntry, ...]
+    root: str | None = field(default=None, compare=False)
+
+    @property
+    def size(self) -> int:
+        """How many entries the context has."""
+        return len(self.entries)
+
+
+@dataclass(frozen=True)
+class EnvironmentSpec:
+    """Everything that decides an environment image, normalized. Two specs are equal exactly
+    when they must build the same image; `source` only says where this one was read from."""
+
+    base_image: ImageName
+    docker_steps: tuple[DockerStep, ...] = ()
+    conda: CondaEnvironment | None = None
+    variables: tuple[tuple[str, str], ...] = ()
+    platform: str = DEFAULT_PLATFORM
+    context: ContextManifest | None = None
+    source: str | None = field(default=None, compare=False)
+
+    def with_base_digest(self, digest: str) -> EnvironmentSpec:
+        """This spec with its base image pinned to `digest`."""
+        return replace(self, base_image=self.base_image.with_digest(digest))
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """A file a spec names, with where it names it (for errors about that file)."""
+
+    path: str
+    source: str
+    line: int | None
+    field: str
+
+    def error(self, message: str) -> SpecError:
+        """A SpecError pointing at the place that names this file."""
+        return SpecError(message, source=self.source, line=self.line, field=self.field)
+
+
+@dataclass(frozen=True)
+class SpecDraft:
+    """One spec file, parsed, with the files it names not yet read."""
+
+    format: SpecFormat
+    source: str
+    base_image: ImageName | None
+    platform: str = DEFAULT_PLATFORM
+    variables: tuple[tuple[str, str], ...] = ()
+    docker_steps: tuple[DockerStep, ...] = ()
+    conda: CondaEnvironment | None = None
+    conda_file: FileRef | None = None
+    context: FileRef | None = None
+    dockerfile: FileRef | None = None  # relative to `context` (Azure ML `build:`)
+
+
+class _EnvctlFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    base_image: str
+    docker_steps: str | None = None
+    conda: str | dict[str, Any] | None = None
+    variables: dict[VariableName, str] = Field(default_factory=dict)
+    platform: str = DEFAULT_PLATFORM
+    context: str | None = None
+
+
+class _AzureBuild(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    path: str
+    dockerfile_path: str = "Dockerfile"
+
+
+class _AzureMLEnvironment(BaseModel):
+    """Azure ML CLI v2 environment; name, version, description, tags, $schema are metadata."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+
+    schema_: str | None = Field(default=None, alias="$schema")
+    name: str | None = None
+    version: str | int | float | None = None
+    description: str | None = None
+    tags: dict[str, Any] | None = None
+    properties: dict[str, Any] | None = None
+    image: str | None = None
+    conda_file: str | dict[str, Any] | None = None
+    build: _AzureBuild | None = None
+    os_type: Literal["linux", "Linux", "windows", "Windows"] | None = None
+    inference_config: dict[str, Any] | None = None
+
+
+def detect_format(doc: YamlDocument) -> SpecFormat:
+    """Tell which of the three formats a parsed YAML file is in."""
+    if not isinstance(doc.value, dict):
+        raise doc.error((), "a spec file is a YAML mapping")
+    keys = set(doc.value)
+    if "base_image" in keys:
+        return "envctl"
+    if keys & {"image", "build", "conda_file", "$schema", "os_type", "inference_config"}:
+        return "azureml"
+    if keys & {"dependencies", "channels"}:
+        return "conda"
+    raise doc.error(
+        (),
+        "cannot tell the format: expected base_image (envctl), image or build (Azure ML), "
+        "or dependencies (conda environment)",
+    )
+
+
+def parse_spec_text(text: str, source: str, *, format: SpecFormat | None = None) -> SpecDraft:
+    """Parse one spec file's text. `source` names it in errors and anchors relative paths."""
+    doc = load_yaml(text, source)
+    fmt = format or detect_format(doc)
+    if not isinstance(doc.value, dict):
+        raise doc.error((), "a spec file is a YAML mapping")
+    if fmt == "envctl":
+        return _envctl_draft(doc)
+    if fmt == "azureml":
+        return _azureml_draft(doc)
+    conda, variables = parse_conda(doc)
+    return SpecDraft("conda", source, None, variables=tuple(sorted(variables.items())), conda=conda)
+
+
+def parse_conda_text(text: str, source: str) -> tuple[CondaEnvironment, dict[str, str]]:
+    """Parse a conda environment file named by a spec."""
+    return parse_conda(load_yaml(text, source))
+
+
+def complete_spec(
+    draft: SpecDraft,
+    *,
+    conda: tuple[CondaEnvironment, dict[str, str]] | None = None,
+    dockerfile: ParsedDockerfile | None = None,
+    context: ContextManifest | None = None,
+    default_base: ImageName | None = None,
+) -> EnvironmentSpec:
+    """Join a draft with the content of the files it names into an EnvironmentSpec."""
+    base = draft.base_image
+    platform = draft.platform
+    steps = draft.docker_steps
+    if dockerfile is not None:
+        base = dockerfile.base_image
+        platform = dockerfile.platform or platform
+        steps = dockerfile.steps + steps
+    base = base or default_base
+    if base is None:
+        raise SpecError(
+            "no base image: pass --base-image or set ENVCTL_BASE_IMAGE", source=draft.source
+        )
+    env = draft.conda
+    variables = dict(draft.variables)
+    if conda is not None:
+        env, conda_vars = conda
+        for name, value in conda_vars.items():
+            if variables.get(name, value) != value:
+                raise SpecError(
+                    f"variable {name} is set to two different values", source=draft.source
+                )
+            variables[name] = value
+    return EnvironmentSpec(
+        base_image=base,
+        docker_steps=steps,
+        conda=None if env is None or env.empty else env,
+        variables=tuple(sorted(variables.items())),
+        platform=platform,
+        context=context,
+        source=draft.source,
+    )
+
+
+def _envctl_draft(doc: YamlDocument) -> SpecDraft:
+    model = validate(doc, _EnvctlFile)
+    steps: tuple[DockerStep, ...] = ()
+    if model.docker_steps is not None:
+        first = doc.block_starts.get(("docker_steps",)) or doc.line_of(("docker_steps",)) or 1
+        steps = parse_steps(model.docker_steps, doc.source, first_line=first)
+    conda = conda_file = None
+    if isinstance(model.conda, dict):
+        env, conda_vars = parse_conda(doc, ("conda",))
+        conda = env
+        variables = _merge(doc, model.variables, conda_vars)
+    else:
+        variables = model.variables
+        if model.conda is not None:
+            conda_file = _ref(doc, ("conda",), model.conda)
+    return SpecDraft(
+        "envctl",
+        doc.source,
+        _image(doc, ("base_image",), model.base_image),
+        platform=_platform(doc, ("platform",), model.platform),
+        variables=tuple(sorted(variables.items())),
+        docker_steps=steps,
+        conda=conda,
+        conda_file=conda_file,
+        context=None if model.context is None else _ref(doc, ("context",), model.context),
+    )
+
+
+def _azureml_draft(doc: YamlDocument) -> SpecDraft:
+    model = validate(doc, _AzureMLEnvironment)
+    if (model.image is None) == (model.build is None):
+        raise doc.error((), "an Azure ML environment needs exactly one of image and build")
+    platform = f"{(model.os_type or 'linux').lower()}/amd64"
+    conda = conda_file = None
+    variables: dict[str, str] = {}
+    if isinstance(model.conda_file, dict):
+        conda, variables = parse_conda(doc, ("conda_file",))
+    elif model.conda_file is not None:
+        conda_file = _ref(doc, ("conda_file",), model.conda_file)
+    context = dockerfile = None
+    if model.build is not None:
+        context = _ref(doc, ("build", "path"), model.build.path)
+        dockerfile = _ref(doc, ("build", "dockerfile_path"), model.build.dockerfile_path)
+    return SpecDraft(
+        "azureml",
+        doc.source,
+        None if model.image is None else _image(doc, ("image",), model.image),
+        platform=platform,
+        variables=tuple(sorted(variables.items())),
+        conda=conda,
+        conda_file=conda_file,
+        context=context,
+        dockerfile=dockerfile,
+    )
+
+
+def _image(doc: YamlDocument, at: Path, text: str) -> ImageName:
+    try:
+        return parse_image(text)
+    except InvalidReference as exc:
+        raise doc.error(at, str(exc)) from None
+
+
+def _platform(doc: YamlDocument, at: Path, text: str) -> str:
+    try:
+        return normalize_platform(text)
+    except InvalidReference as exc:
+        raise doc.error(at, str(exc)) from None
+
+
+def _ref(doc: YamlDocument, at: Path, path: str) -> FileRef:
+    if not path.strip():
+        raise doc.error(at, "empty path")
+    line = doc.line_of(at)
+    return FileRef(path.strip(), doc.source, line, ".".join(str(p) for p in at))
+
+
+def _merge(doc: YamlDocument, own: dict[str, str], conda: dict[str, str]) -> dict[str, str]:
+    for name, value in conda.items():
+        if own.get(name, value) != value:
+            raise doc.error(("variables", name), f"{name} is also set to {value!r} by conda")
+    return {**conda, **own}

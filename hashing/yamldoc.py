@@ -1,0 +1,127 @@
+"""YAML documents that remember where each value came from.
+
+PyYAML's loaders forget positions, and silently keep the last of two equal keys. Spec files need
+both: every error names its line, and a repeated key is an error rather than a silent override.
+We compose the node graph with the C parser and build plain Python values ourselves, recording
+the line of every mapping value and sequence item under its path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from hashing.errors import SpecError
+
+try:  # libyaml is optional in PyYAML; it is several times faster when present
+    _Loader: type[yaml.SafeLoader] = yaml.CSafeLoader  # type: ignore[assignment]
+except AttributeError:  # pragma: no cover - depends on how PyYAML was built
+    _Loader = yaml.SafeLoader
+
+_STR_TAG = "tag:yaml.org,2002:str"
+
+Path = tuple[str | int, ...]
+
+
+def format_path(path: Path) -> str:
+    """Render a value's path the way users write it: `conda.dependencies[3].pip[0]`."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+@dataclass(frozen=True)
+class YamlDocument:
+    """A parsed YAML document: its value, where it came from, and the line of every path in it."""
+
+    value: Any
+    source: str
+    lines: dict[Path, int] = field(default_factory=dict)
+    # first content line of each block scalar (`key: |`), which starts on the line after the key
+    block_starts: dict[Path, int] = field(default_factory=dict)
+
+    def line_of(self, path: Path) -> int | None:
+        """The line of `path`, or of its nearest ancestor that has one."""
+        for end in range(len(path), -1, -1):
+            line = self.lines.get(tuple(path[:end]))
+            if line is not None:
+                return line
+        return None
+
+    def error(self, path: Path, message: str) -> SpecError:
+        """A SpecError located at `path` in this document."""
+        return SpecError(
+            message, source=self.source, line=self.line_of(path), field=format_path(path) or None
+        )
+
+
+def load_yaml(text: str, source: str) -> YamlDocument:
+    """Parse one YAML document; raise SpecError (with line) when it is not valid YAML."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        lines: dict[Path, int] = {}
+        blocks: dict[Path, int] = {}
+        value = None if node is None else _build(node, (), loader, lines, blocks, source)
+        return YamlDocument(value=value, source=source, lines=lines, block_starts=blocks)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise SpecError(f"invalid YAML: {problem}", source=source, line=line) from exc
+    except yaml.YAMLError as exc:
+        raise SpecError(f"invalid YAML: {exc}", source=source) from exc
+    finally:
+        loader.dispose()
+
+
+def _build(
+    node: yaml.Node,
+    path: Path,
+    loader: yaml.SafeLoader,
+    lines: dict[Path, int],
+    blocks: dict[Path, int],
+    source: str,
+) -> Any:
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.ScalarNode):
+        if node.style in ("|", ">"):
+            blocks[path] = node.start_mark.line + 2
+        if node.tag == _STR_TAG:  # the common case; skip the constructor machinery
+            return node.value
+        return loader.construct_object(node, deep=True)
+    if isinstance(node, yaml.SequenceNode):
+        return [
+            _build(item, (*path, i), loader, lines, blocks, source)
+            for i, item in enumerate(node.value)
+        ]
+    if isinstance(node, yaml.MappingNode):
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = _build(key_node, path, loader, {}, {}, source)
+            if not isinstance(key, str | int | float | bool) and key is not None:
+                raise SpecError(
+                    "mapping keys must be plain scalars",
+                    source=source,
+                    line=key_node.start_mark.line + 1,
+                    field=format_path(path) or None,
+                )
+            key = key if isinstance(key, str) else str(key)
+            if key in out:
+                raise SpecError(
+                    f"key {key!r} appears twice (first on line {lines[(*path, key)]})",
+                    source=source,
+                    line=key_node.start_mark.line + 1,
+                    field=format_path((*path, key)),
+                )
+            lines[(*path, key)] = key_node.start_mark.line + 1
+            out[key] = _build(value_node, (*path, key), loader, lines, blocks, source)
+            lines[(*path, key)] = key_node.start_mark.line + 1
+        return out
+    raise SpecError(f"unsupported YAML node {node.tag}", source=source)  # pragma: no cover
