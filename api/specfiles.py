@@ -66,7 +66,7 @@ def scan_context(root: str | os.PathLike[str]) -> ContextManifest:
     """List a build context as Docker would send it: relative path, kind, mode, content hash."""
     root = Path(root)
     docker_patterns = _ignore_lines(root / ".dockerignore")
-    included = set(PatternMatcher(docker_patterns).walk(str(root)))
+    included = set(_ContextMatcher(docker_patterns).walk(str(root)))
     aml_lines = _ignore_lines(root / ".amlignore")
     if aml_lines:
         aml = pathspec.GitIgnoreSpec.from_lines(aml_lines)
@@ -85,6 +85,20 @@ def scan_context(root: str | os.PathLike[str]) -> ContextManifest:
             entries.append(ContextEntry(posix, "file", mode, hash_file(full)))
         # sockets, fifos and devices cannot be sent in a build context: Docker skips them too
     return ContextManifest(tuple(entries), root=str(root))
+
+
+class _ContextMatcher(PatternMatcher):
+    """docker-py's `.dockerignore` matcher, minus its re-inclusion of `.dockerignore` itself.
+
+    docker-py always sends `.dockerignore` so the daemon can read it; the daemon then deletes it
+    (and the Dockerfile) from the context when the patterns exclude it, so no COPY can see it.
+    """
+
+    def __init__(self, patterns: list[str]) -> None:
+        super().__init__(patterns)
+        last = self.patterns[-1] if self.patterns else None
+        if last is not None and last.exclusion and last.cleaned_pattern == ".dockerignore":
+            self.patterns.pop()
 
 
 def hash_file(path: str | os.PathLike[str]) -> str:
