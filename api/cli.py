@@ -137,7 +137,7 @@ def _fail(exc: EnvctlError) -> int:
 @app.command("hash")
 def hash_command(
     ctx: typer.Context,
-    specs: Annotated[list[str], typer.Argument(help="Spec files.", metavar="SPEC...")],
+    specs: Annotated[list[str], typer.Argument(help="Spec files.", metavar="SPEC")],
     as_json: JsonOpt = False,
     no_resolve: NoResolveOpt = False,
     base_image: BaseImageOpt = None,

@@ -1,0 +1,94 @@
+"""Shared test fixtures: the real services started by `scripts/services`, and a CLI runner.
+
+A missing service is a failure, never a skip: `make test` starts them, and a test that needs one
+says so loudly when it is not there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "fixtures"
+CORPUS = FIXTURES / "corpus" / "azureml-examples"
+EXAMPLES = ROOT / "examples"
+
+
+@dataclass(frozen=True)
+class Services:
+    """Addresses of the running services (from `scripts/services env`)."""
+
+    docker_host: str
+    workspace_registry: str
+    global_registry: str
+    base_image: str
+    busybox_image: str
+
+    @property
+    def global_host(self) -> str:
+        """`127.0.0.1:PORT` of the global registry."""
+        return self.global_registry.split("/", 1)[0]
+
+
+def copy_with_fixed_modes(source: Path, target: Path) -> Path:
+    """Copy a fixture tree with modes 0755 (dirs, *.sh) and 0644 (files).
+
+    Modes are part of a build context's key, and a checkout's umask must not move golden keys.
+    """
+    shutil.copytree(source, target)
+    for folder, _, files in os.walk(target):
+        os.chmod(folder, 0o755)
+        for name in files:
+            os.chmod(Path(folder) / name, 0o755 if name.endswith(".sh") else 0o644)
+    return target
+
+
+def _require(name: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        pytest.fail(
+            f"{name} is not set: start the services with `scripts/services up` and "
+            f'`eval "$(scripts/services env)"` (make test does both)'
+        )
+    return value
+
+
+@pytest.fixture(scope="session")
+def services() -> Services:
+    """The real Docker engine and OCI registries; fails when they are not running."""
+    return Services(
+        docker_host=_require("DOCKER_HOST"),
+        workspace_registry=_require("ENVCTL_WORKSPACE_REGISTRY"),
+        global_registry=_require("ENVCTL_GLOBAL_REGISTRY"),
+        base_image=_require("ENVCTL_TEST_BASE_IMAGE"),
+        busybox_image=_require("ENVCTL_TEST_BUSYBOX_IMAGE"),
+    )
+
+
+def docker(services: Services, *args: str) -> str:
+    """Run the Docker CLI against the test engine; return stdout, fail loudly on error."""
+    result = subprocess.run(
+        ["docker", *args],
+        env={**os.environ, "DOCKER_HOST": services.docker_host},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    if result.returncode != 0:
+        pytest.fail(f"docker {' '.join(args)} failed: {result.stderr.strip()}")
+    return result.stdout
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    """A runner for the envctl CLI, in-process, with stdout and stderr kept apart."""
+    monkeypatch.delenv("ENVCTL_BASE_IMAGE", raising=False)
+    return CliRunner()

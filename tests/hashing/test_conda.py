@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import pytest
+
+from hashing.conda import normalize_match_spec, normalize_pip_line
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("numpy >=1.20", "numpy>=1.20"),
+        ("numpy >= 1.20", "numpy>=1.20"),
+        ("numpy=1.20", "numpy 1.20.*"),
+        ("NumPy", "numpy"),
+        ("scikit-learn[version='>=1.0']", "scikit-learn >=1.0"),
+    ],
+)
+def test_match_specs_conda_reads_the_same_normalize_the_same(a: str, b: str) -> None:
+    assert normalize_match_spec(a) == normalize_match_spec(b)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("numpy=1.20", "numpy==1.20"),  # 1.20.* vs exactly 1.20
+        ("numpy", "numpy >=1"),
+        ("conda-forge::numpy", "numpy"),
+    ],
+)
+def test_match_specs_conda_reads_differently_stay_different(a: str, b: str) -> None:
+    assert normalize_match_spec(a) != normalize_match_spec(b)
+
+
+def test_conda_env_export_pins_with_build_strings_are_accepted() -> None:
+    assert normalize_match_spec("python=3.8.13=h12debd9_0") == "python ==3.8.13 h12debd9_0"
+
+
+@pytest.mark.parametrize("bad", ["numpy>>1", "", ">=1.2"])
+def test_invalid_match_specs_raise(bad: str) -> None:
+    with pytest.raises(ValueError, match="match spec"):
+        normalize_match_spec(bad)
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("Scikit_Learn>=1.0", (False, "scikit-learn>=1.0")),
+        ("scikit.learn >= 1.0", (False, "scikit-learn>=1.0")),
+        ("numpy >= 1.2, <2", (False, "numpy<2,>=1.2")),
+        ("numpy<2,>=1.2", (False, "numpy<2,>=1.2")),
+        ("A[Y,x]==1", (False, "a[x,y]==1")),
+        ('b ; python_version >= "3.8"', (False, 'b ; python_version >= "3.8"')),
+        ("req @ https://example.invalid/r.whl", (False, "req @ https://example.invalid/r.whl")),
+        ("git+https://example.invalid/x.git", (False, "git+https://example.invalid/x.git")),
+        ("--extra-index-url=https://example.invalid/", (True, "--extra-index-url=https://example.invalid/")),
+        ("--extra-index-url  https://example.invalid/", (True, "--extra-index-url=https://example.invalid/")),
+        ("-e ./local", (True, "-e ./local")),
+    ],
+)  # fmt: skip
+def test_pip_lines_normalize_by_pep_503_and_508(line: str, expected: tuple[bool, str]) -> None:
+    assert normalize_pip_line(line) == expected
+
+
+@pytest.mark.parametrize("bad", ["bad req !!", "", "numpy>=="])
+def test_invalid_pip_requirements_raise(bad: str) -> None:
+    with pytest.raises(ValueError, match="pip requirement"):
+        normalize_pip_line(bad)

@@ -1,0 +1,77 @@
+"""Resolving base-image tags to digests on the real loopback registry."""
+
+from __future__ import annotations
+
+import socket
+
+import httpx
+import pytest
+
+from hashing import parse_image
+from registry import (
+    DigestResolver,
+    ImageNotFound,
+    RegistryUnavailable,
+    is_loopback,
+    registry_base_url,
+)
+from registry.digests import MANIFEST_MEDIA_TYPES
+from tests.conftest import Services
+
+
+def test_a_tag_resolves_to_the_digest_the_registry_serves(services: Services) -> None:
+    image = parse_image(services.base_image)
+    url = f"http://{image.domain}/v2/{image.repository}/manifests/{image.tag}"
+    served = httpx.head(url, headers={"Accept": ", ".join(MANIFEST_MEDIA_TYPES)})
+    with DigestResolver() as resolver:
+        pinned = resolver.resolve(image)
+    assert pinned.digest == served.headers["Docker-Content-Digest"]
+    assert (pinned.name, pinned.tag) == (image.name, image.tag)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_pinned_image_needs_no_registry() -> None:
+    image = parse_image(f"127.0.0.1:{_closed_port()}/x@sha256:" + "e" * 64)
+    with DigestResolver() as resolver:
+        assert resolver.resolve(image) is image
+
+
+def test_a_missing_tag_is_not_found(services: Services) -> None:
+    image = parse_image(f"{services.global_host}/base/debian:no-such-tag")
+    with DigestResolver() as resolver, pytest.raises(ImageNotFound) as info:
+        resolver.resolve(image)
+    assert info.value.status == 404
+    assert "no-such-tag" in info.value.endpoint
+
+
+def test_an_unreachable_registry_raises_and_is_never_a_miss() -> None:
+    image = parse_image(f"127.0.0.1:{_closed_port()}/base/x:1")
+    with DigestResolver(timeout=2) as resolver, pytest.raises(RegistryUnavailable) as info:
+        resolver.resolve(image)
+    assert info.value.endpoint.startswith("http://127.0.0.1:")
+
+
+@pytest.mark.parametrize(
+    ("domain", "loopback"),
+    [
+        ("127.0.0.1:5001", True),
+        ("localhost", True),
+        ("localhost:5000", True),
+        ("[::1]:5000", True),
+        ("registry.example.invalid", False),
+        ("10.0.0.1:5000", False),
+    ],
+)
+def test_loopback_registries_speak_plain_http(domain: str, loopback: bool) -> None:
+    assert is_loopback(domain) is loopback
+    assert registry_base_url(domain).startswith("http://" if loopback else "https://")
+
+
+def test_configured_insecure_registries_speak_plain_http() -> None:
+    url = registry_base_url("registry.example.invalid:5000", ["registry.example.invalid:5000"])
+    assert url == "http://registry.example.invalid:5000"
