@@ -30,6 +30,7 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+	$(BIN)/mypy bench/hash
 
 pytest: $(STAMP) services
 	@$(SERVICES_ENV) && $(BIN)/pytest

@@ -138,12 +138,15 @@ def _parse(text: str, source: str, first_line: int) -> tuple[DockerStep, ...]:
             raise SpecError(f"unknown instruction {cmd.cmd!r}", source=source, line=line)
         if not cmd.value:
             raise SpecError(f"{instruction} needs arguments", source=source, line=line)
+        args = tuple(cmd.value)
+        if instruction == "HEALTHCHECK":  # Docker reads its CMD/NONE word in any case
+            args = (args[0].upper(), *args[1:])
         steps.append(
             DockerStep(
                 instruction=instruction,
                 flags=tuple(cmd.flags),
                 json=bool(cmd.json),
-                args=tuple(cmd.value),
+                args=args,
                 sub_instruction=cmd.sub_cmd.upper() if cmd.sub_cmd else None,
                 heredocs=tuple((h.name, h.content) for h in cmd.heredocs),
                 line=line,

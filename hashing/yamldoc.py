@@ -66,10 +66,9 @@ def load_yaml(text: str, source: str) -> YamlDocument:
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
-        lines: dict[Path, int] = {}
-        blocks: dict[Path, int] = {}
-        value = None if node is None else _build(node, (), loader, lines, blocks, source)
-        return YamlDocument(value=value, source=source, lines=lines, block_starts=blocks)
+        builder = _Builder(loader, source)
+        value = None if node is None else builder.build(node, ())
+        return YamlDocument(value, source, builder.lines, builder.blocks)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
@@ -81,47 +80,60 @@ def load_yaml(text: str, source: str) -> YamlDocument:
         loader.dispose()
 
 
-def _build(
-    node: yaml.Node,
-    path: Path,
-    loader: yaml.SafeLoader,
-    lines: dict[Path, int],
-    blocks: dict[Path, int],
-    source: str,
-) -> Any:
-    lines[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.ScalarNode):
-        if node.style in ("|", ">"):
-            blocks[path] = node.start_mark.line + 2
-        if node.tag == _STR_TAG:  # the common case; skip the constructor machinery
-            return node.value
-        return loader.construct_object(node, deep=True)
-    if isinstance(node, yaml.SequenceNode):
-        return [
-            _build(item, (*path, i), loader, lines, blocks, source)
-            for i, item in enumerate(node.value)
-        ]
-    if isinstance(node, yaml.MappingNode):
-        out: dict[Any, Any] = {}
+class _Builder:
+    """Turns composed nodes into Python values, recording the line of every path."""
+
+    def __init__(self, loader: yaml.SafeLoader, source: str) -> None:
+        self.loader = loader
+        self.source = source
+        self.lines: dict[Path, int] = {}
+        self.blocks: dict[Path, int] = {}
+
+    def build(self, node: yaml.Node, path: Path) -> Any:
+        self.lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.ScalarNode):
+            if node.style in ("|", ">"):
+                self.blocks[path] = node.start_mark.line + 2
+            if node.tag == _STR_TAG:  # the common case; skip the constructor machinery
+                return node.value
+            return self.loader.construct_object(node, deep=True)
+        if isinstance(node, yaml.SequenceNode):
+            return self._sequence(node, path)
+        if isinstance(node, yaml.MappingNode):
+            return self._mapping(node, path)
+        raise SpecError(f"unsupported YAML node {node.tag}", source=self.source)  # pragma: no cover
+
+    def _sequence(self, node: yaml.SequenceNode, path: Path) -> list[Any]:
+        out = []
+        for i, item in enumerate(node.value):
+            if item.tag == _STR_TAG and item.style is None and type(item) is yaml.ScalarNode:
+                # plain strings are most of a spec's nodes (dependencies): no call per item
+                self.lines[(*path, i)] = item.start_mark.line + 1
+                out.append(item.value)
+            else:
+                out.append(self.build(item, (*path, i)))
+        return out
+
+    def _mapping(self, node: yaml.MappingNode, path: Path) -> dict[str, Any]:
+        out: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            key = _build(key_node, path, loader, {}, {}, source)
-            if not isinstance(key, str | int | float | bool) and key is not None:
+            line = key_node.start_mark.line + 1
+            if not isinstance(key_node, yaml.ScalarNode):
                 raise SpecError(
                     "mapping keys must be plain scalars",
-                    source=source,
-                    line=key_node.start_mark.line + 1,
+                    source=self.source,
+                    line=line,
                     field=format_path(path) or None,
                 )
-            key = key if isinstance(key, str) else str(key)
+            # keys are names, taken as written: YAML 1.1 would read `ON:` as True, `010:` as 8
+            key: str = key_node.value
             if key in out:
                 raise SpecError(
-                    f"key {key!r} appears twice (first on line {lines[(*path, key)]})",
-                    source=source,
-                    line=key_node.start_mark.line + 1,
+                    f"key {key!r} appears twice (first on line {self.lines[(*path, key)]})",
+                    source=self.source,
+                    line=line,
                     field=format_path((*path, key)),
                 )
-            lines[(*path, key)] = key_node.start_mark.line + 1
-            out[key] = _build(value_node, (*path, key), loader, lines, blocks, source)
-            lines[(*path, key)] = key_node.start_mark.line + 1
+            out[key] = self.build(value_node, (*path, key))
+            self.lines[(*path, key)] = line  # errors about a value point at its key
         return out
-    raise SpecError(f"unsupported YAML node {node.tag}", source=source)  # pragma: no cover

@@ -6,8 +6,11 @@ import os
 from pathlib import Path
 
 import pytest
+from docker.utils.build import PatternMatcher
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from api.specfiles import hash_file, load_spec, scan_context
+from api.specfiles import DockerIgnore, hash_file, load_spec, scan_context
 from hashing import SpecError, compute_key
 
 
@@ -154,3 +157,37 @@ def test_unreadable_files_are_spec_errors(tmp_path: Path) -> None:
         load_spec(tmp_path / "bin.yml")
     with pytest.raises(SpecError, match="is a directory"):
         load_spec(tmp_path)
+
+
+_segments = st.sampled_from(
+    ["a", "b", "A", "x.log", "build", "keep.txt", ".git", "cache", "Dockerfile"]
+)
+_pattern_segments = st.sampled_from(
+    ["a", "b", "*", "**", "*.log", "build", "?", "[ab]", ".git", "cache", "DOCKERFILE"]
+)
+
+
+@st.composite
+def _patterns(draw: st.DrawFn) -> str:
+    body = "/".join(draw(st.lists(_pattern_segments, min_size=1, max_size=3)))
+    return ("!" if draw(st.booleans()) else "") + ("/" if draw(st.booleans()) else "") + body
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(_patterns(), min_size=1, max_size=5),
+    st.lists(st.lists(_segments, min_size=1, max_size=4).map("/".join), min_size=1, max_size=8),
+)
+def test_dockerignore_reads_patterns_exactly_as_docker_py(
+    patterns: list[str], paths: list[str]
+) -> None:
+    ours = DockerIgnore(patterns)
+    theirs = PatternMatcher(patterns)
+    theirs.patterns.pop()  # docker-py's re-inclusion of .dockerignore, which the daemon undoes
+    for path in paths:
+        expected = theirs.matches(path)  # type: ignore[arg-type]  # the stub is wrong: str works
+        assert ours.excludes(path) == expected, (patterns, path)
+        parts = path.split("/")
+        ancestors = ["/".join(parts[:i]) for i in range(1, len(parts))]
+        if not any(theirs.matches(a) for a in ancestors):  # type: ignore[arg-type]
+            assert ours.excludes(path, ancestors_kept=True) == expected, (patterns, path)

@@ -1,8 +1,15 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from hashing.conda import normalize_match_spec, normalize_pip_line
+from hashing.conda import (
+    _fast_requirement,
+    _requirement,
+    normalize_match_spec,
+    normalize_pip_line,
+)
 
 
 @pytest.mark.parametrize(
@@ -65,3 +72,33 @@ def test_pip_lines_normalize_by_pep_503_and_508(line: str, expected: tuple[bool,
 def test_invalid_pip_requirements_raise(bad: str) -> None:
     with pytest.raises(ValueError, match="pip requirement"):
         normalize_pip_line(bad)
+
+
+_names = st.from_regex(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,8}[A-Za-z0-9])?", fullmatch=True)
+_ops = st.sampled_from(["==", "!=", ">=", "<=", ">", "<", "~=", "==="])
+_versions = st.from_regex(
+    r"[0-9]{1,2}(\.[0-9]{1,2}){0,2}(\.\*|rc1|\+cu118|\.post1)?", fullmatch=True
+)
+_spaces = st.sampled_from(["", " ", "  "])
+
+
+@st.composite
+def _requirements(draw: st.DrawFn) -> str:
+    text = draw(_names)
+    if draw(st.booleans()):
+        text += "[" + ", ".join(draw(st.lists(_names, min_size=1, max_size=3))) + "]"
+    clauses = draw(st.lists(st.tuples(_ops, _spaces, _versions), max_size=3))
+    text += draw(_spaces) + ",".join(f"{op}{sp}{v}" for op, sp, v in clauses)
+    return text
+
+
+@settings(max_examples=400, deadline=None)
+@given(_requirements())
+def test_the_fast_path_reads_requirements_exactly_as_packaging_does(line: str) -> None:
+    fast = _fast_requirement(line)
+    try:
+        slow = _requirement(line)
+    except ValueError:
+        assert fast is None, f"fast path accepted what packaging rejects: {line!r}"
+        return
+    assert fast in (None, slow)

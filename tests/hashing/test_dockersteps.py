@@ -83,3 +83,7 @@ def test_a_dockerfile_splits_into_base_and_steps() -> None:
 def test_unsupported_dockerfiles_are_errors(text: str, message: str) -> None:
     with pytest.raises(SpecError, match=message):
         parse_dockerfile(text, "Dockerfile")
+
+
+def test_healthcheck_reads_its_cmd_word_in_any_case() -> None:
+    assert _same("HEALTHCHECK --interval=5s cmd true", "HEALTHCHECK --interval=5s CMD true")

@@ -91,3 +91,10 @@ def test_an_empty_conda_environment_is_no_environment() -> None:
 def test_an_explicit_format_overrides_detection() -> None:
     with pytest.raises(SpecError, match="base_image"):
         parse_spec_text("dependencies: [numpy]\n", "s.yml", format="envctl")
+
+
+def test_keys_are_names_as_written_not_yaml_1_1_booleans() -> None:
+    spec = complete_spec(parse_spec_text("base_image: x\nvariables:\n  ON: 'a'\n  yes: 'b'\n", "s"))
+    assert spec.variables == (("ON", "a"), ("yes", "b"))
+    error = _error("base_image: x\nvariables:\n  A: on\n")
+    assert error.message == "must be a string (quote it in YAML)"
