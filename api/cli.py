@@ -108,7 +108,7 @@ def _keyed(
     """Load a spec, pin its base image (unless told not to) and compute its key."""
     spec = load_spec(path, format=_format(fmt), default_base=_default_base(c, base_image))
     if resolve:
-        spec = spec.with_base_digest(c.resolver.resolve(spec.base_image).digest or "")
+        spec = spec.with_base_image(c.resolver.resolve(spec.base_image))
     return spec, compute_key(spec)
 
 
@@ -160,7 +160,7 @@ def hash_command(
             if not pinned:
                 err.print(f"note: {escape(path)}: key is unpinned (base image tag not resolved)")
     if as_json:
-        out.print_json(json.dumps(results)) if sys.stdout.isatty() else print(json.dumps(results))
+        print(json.dumps(results, indent=2 if sys.stdout.isatty() else None))
     raise typer.Exit(code)
 
 

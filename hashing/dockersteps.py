@@ -121,6 +121,8 @@ def parse_dockerfile(text: str, source: str) -> ParsedDockerfile:
 
 
 def _parse(text: str, source: str, first_line: int) -> tuple[DockerStep, ...]:
+    if not any(line.strip() and not line.lstrip().startswith("#") for line in text.splitlines()):
+        return ()  # blank, or every step commented out: no steps (the parser calls it an error)
     try:
         commands = dockerfile.parse_string(text)
     except dockerfile.GoParseError as exc:

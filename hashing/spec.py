@@ -72,9 +72,9 @@ class EnvironmentSpec:
     context: ContextManifest | None = None
     source: str | None = field(default=None, compare=False)
 
-    def with_base_digest(self, digest: str) -> EnvironmentSpec:
-        """This spec with its base image pinned to `digest`."""
-        return replace(self, base_image=self.base_image.with_digest(digest))
+    def with_base_image(self, image: ImageName) -> EnvironmentSpec:
+        """This spec on another base image (typically the same one, pinned to its digest)."""
+        return replace(self, base_image=image)
 
 
 @dataclass(frozen=True)
@@ -205,12 +205,10 @@ def complete_spec(
     variables = dict(draft.variables)
     if conda is not None:
         env, conda_vars = conda
-        for name, value in conda_vars.items():
-            if variables.get(name, value) != value:
-                raise SpecError(
-                    f"variable {name} is set to two different values", source=draft.source
-                )
-            variables[name] = value
+        clash = _clash(variables, conda_vars)
+        if clash is not None:
+            raise SpecError(f"variable {clash} is also set by the conda file", source=draft.source)
+        variables.update(conda_vars)
     return EnvironmentSpec(
         base_image=base,
         docker_steps=steps,
@@ -300,7 +298,12 @@ def _ref(doc: YamlDocument, at: Path, path: str) -> FileRef:
 
 
 def _merge(doc: YamlDocument, own: dict[str, str], conda: dict[str, str]) -> dict[str, str]:
-    for name, value in conda.items():
-        if own.get(name, value) != value:
-            raise doc.error(("variables", name), f"{name} is also set to {value!r} by conda")
+    clash = _clash(own, conda)
+    if clash is not None:
+        raise doc.error(("variables", clash), f"{clash} is also set to {conda[clash]!r} by conda")
     return {**conda, **own}
+
+
+def _clash(own: dict[str, str], conda: dict[str, str]) -> str | None:
+    """A variable the spec and its conda environment set to different values, if any."""
+    return next((name for name, value in conda.items() if own.get(name, value) != value), None)

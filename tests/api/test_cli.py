@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -191,8 +192,13 @@ def test_explain_two_specs_names_exactly_what_differs(cli: CliRunner, services: 
 
 def test_the_console_script_runs(services: Services) -> None:
     env = {k: v for k, v in os.environ.items() if k != "ENVCTL_BASE_IMAGE"}
+    script = Path(sys.executable).parent / "envctl"  # installed beside this interpreter
     result = subprocess.run(
-        ["envctl", "hash", THREE_FORMATS[0]], capture_output=True, text=True, env=env, check=False
+        [str(script), "hash", THREE_FORMATS[0]],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert is_key(result.stdout.split()[0])

@@ -87,3 +87,8 @@ def test_unsupported_dockerfiles_are_errors(text: str, message: str) -> None:
 
 def test_healthcheck_reads_its_cmd_word_in_any_case() -> None:
     assert _same("HEALTHCHECK --interval=5s cmd true", "HEALTHCHECK --interval=5s CMD true")
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# RUN commented out\n  # and this\n"])
+def test_no_instructions_means_no_steps(text: str) -> None:
+    assert parse_steps(text, "spec.yml") == ()

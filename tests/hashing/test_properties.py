@@ -1,25 +1,22 @@
 """Property tests of the key rule: two specs get the same key exactly when they build one image.
 
-Specs are generated as small models (`Spec`, `Env`, `Step`) and written out as envctl YAML by a
-tiny emitter whose cosmetics (quoting, flow style, comments, blank lines, trailing spaces) are
-drawn by hypothesis. Each "same key" test writes one model two ways; each "different key" test
-makes one change that Docker or conda would see.
+Specs are drawn as models and written as envctl YAML by `tests.hashing.specgen`. Each "same key"
+test writes one model two ways; each "different key" test makes one change that Docker or conda
+would see.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from random import Random
 from typing import Any
 
-import yaml
 from hypothesis import assume, given, note, settings
 from hypothesis import strategies as st
 
@@ -35,213 +32,37 @@ from hashing import (
     parse_spec_text,
     parse_steps,
 )
+from tests.hashing.specgen import (
+    OFFICIAL,
+    PLATFORMS,
+    Dep,
+    Env,
+    PipReq,
+    Spec,
+    Step,
+    Style,
+    bases,
+    canonical_yaml,
+    conda_tree,
+    context_files,
+    dep,
+    envctl_tree,
+    envs,
+    pairs,
+    pinned_dep,
+    pip_req,
+    sha,
+    shell_body,
+    some_steps,
+    specs,
+    steps_text,
+    to_yaml,
+    var_name,
+    var_value,
+    word,
+)
 
 PROPERTY = settings(max_examples=60, deadline=None)
-
-# ---------------------------------------------------------------- models and their canonical text
-
-
-@dataclass(frozen=True)
-class Dep:
-    """A conda match spec: `name`, or `name<op><version>`."""
-
-    name: str
-    op: str = ""
-    version: str = ""
-
-    def text(self, before: str = "", after: str = "") -> str:
-        return self.name if not self.op else f"{self.name}{before}{self.op}{after}{self.version}"
-
-
-@dataclass(frozen=True)
-class PipReq:
-    """A pip requirement; `parts` are the lowercase words of its PEP 503 name."""
-
-    parts: tuple[str, ...]
-    specifier: str = ""
-
-    def text(self, name: str | None = None) -> str:
-        return (name or "-".join(self.parts)) + self.specifier
-
-
-@dataclass(frozen=True)
-class Env:
-    channels: tuple[str, ...] = ()
-    deps: tuple[Dep, ...] = ()
-    pip: tuple[PipReq, ...] = ()
-    name: str | None = None
-    prefix: str | None = None
-    variables: tuple[tuple[str, str], ...] = ()
-
-
-@dataclass(frozen=True)
-class Step:
-    """A Docker instruction: keyword, optional sub-keyword (ONBUILD's), argument text."""
-
-    keyword: str
-    body: str
-    sub: str | None = None
-
-    def text(self, case: Callable[[str], str] = str, gap: str = " ") -> str:
-        words = [case(self.keyword), *([case(self.sub)] if self.sub else []), self.body]
-        return gap.join(words)
-
-
-@dataclass(frozen=True)
-class Spec:
-    base: str
-    platform: str | None = None
-    variables: tuple[tuple[str, str], ...] = ()
-    steps: tuple[Step, ...] = ()
-    env: Env | None = None
-
-
-def conda_tree(
-    env: Env, dep: Callable[[Dep], str] = Dep.text, pip: Callable[[PipReq], str] = PipReq.text
-) -> dict[str, Any]:
-    """An environment as the mapping a conda file holds."""
-    tree: dict[str, Any] = {}
-    if env.name is not None:
-        tree["name"] = env.name
-    if env.prefix is not None:
-        tree["prefix"] = env.prefix
-    tree["channels"] = list(env.channels)
-    deps: list[Any] = [dep(d) for d in env.deps]
-    if env.pip:
-        deps.append({"pip": [pip(p) for p in env.pip]})
-    tree["dependencies"] = deps
-    if env.variables:
-        tree["variables"] = dict(env.variables)
-    return tree
-
-
-def steps_text(steps: tuple[Step, ...], step: Callable[[Step], str] = Step.text) -> str:
-    return "".join(step(s) + "\n" for s in steps)
-
-
-def envctl_tree(spec: Spec, conda: Any = None) -> dict[str, Any]:
-    """A spec as the mapping an envctl YAML file holds; `conda` overrides the inline env."""
-    tree: dict[str, Any] = {"base_image": spec.base}
-    if spec.platform is not None:
-        tree["platform"] = spec.platform
-    if spec.variables:
-        tree["variables"] = dict(spec.variables)
-    if spec.steps:
-        tree["docker_steps"] = steps_text(spec.steps)
-    if conda is not None:
-        tree["conda"] = conda
-    elif spec.env is not None:
-        tree["conda"] = conda_tree(spec.env)
-    return tree
-
-
-# ---------------------------------------------------------------- a YAML emitter with cosmetics
-
-
-@dataclass
-class Style:
-    """Which cosmetics to draw when writing YAML (all off: block style, plain where safe)."""
-
-    rnd: Random
-    quoting: bool = False
-    flow: bool = False
-    comments: bool = False
-    blanks: bool = False  # blank lines and trailing spaces
-
-    def maybe(self, enabled: bool) -> bool:
-        return enabled and self.rnd.random() < 0.35
-
-    def scalar(self, s: str) -> str:
-        double = json.dumps(s)
-        if not self.quoting:
-            return s if _plain_ok(s) else double
-        options = [double] + (["'" + s.replace("'", "''") + "'"] if "\n" not in s else [])
-        return self.rnd.choice(options + ([s] if _plain_ok(s) else []))
-
-    def end(self) -> str:
-        """What may follow a value on its line: a comment and/or trailing spaces."""
-        out = "  # note: ignored" if self.maybe(self.comments) else ""
-        return out + (self.rnd.choice([" ", "   ", "\t"]) if self.maybe(self.blanks) else "")
-
-    def before(self, indent: int, out: list[str]) -> None:
-        if self.maybe(self.blanks):
-            out.append(self.rnd.choice(["", "  "]))
-        if self.maybe(self.comments):
-            out.append(" " * indent + "# a comment: - not [yaml] {content}")
-
-
-@functools.cache
-def _plain_ok(s: str) -> bool:
-    """True when `s` written plain reads back as the same string as a key, value or item."""
-    if not s or s != s.strip() or "\n" in s:
-        return False
-    probes: list[tuple[str, Any]] = [
-        (f"k: {s}", {"k": s}),
-        (f"- {s}", [s]),
-        (f"[{s}]", [s]),
-        (f"{{k: {s}}}", {"k": s}),
-        (f"{s}: v", {s: "v"}),
-        (f"{{{s}: v}}", {s: "v"}),
-    ]
-    try:
-        return all(yaml.safe_load(text) == want for text, want in probes)
-    except yaml.YAMLError:
-        return False
-
-
-def to_yaml(tree: dict[str, Any], style: Style) -> str:
-    """Write `tree` (str, list, dict) as YAML text with `style`'s cosmetics."""
-    if style.maybe(style.flow):
-        return _flow(tree, style) + style.end() + "\n"
-    out: list[str] = []
-    _mapping(tree, 0, style, out)
-    style.before(0, out)
-    return "\n".join(out) + "\n"
-
-
-def _flow(value: Any, style: Style) -> str:
-    if isinstance(value, str):
-        return style.scalar(value)
-    if isinstance(value, dict):
-        items = (f"{style.scalar(k)}: {_flow(v, style)}" for k, v in value.items())
-        return "{" + ", ".join(items) + "}"
-    return "[" + ", ".join(_flow(v, style) for v in value) + "]"
-
-
-def _mapping(tree: dict[str, Any], indent: int, style: Style, out: list[str]) -> None:
-    for i, (key, value) in enumerate(tree.items()):
-        if i or indent == 0:  # a sequence item's first key shares the `- ` line
-            style.before(indent, out)
-        _value(" " * indent + style.scalar(key) + ":", value, indent, style, out)
-
-
-def _value(head: str, value: Any, indent: int, style: Style, out: list[str]) -> None:
-    if isinstance(value, str) and "\n" in value and not style.maybe(style.flow):
-        chomp = "-" if not value.endswith("\n") else "+" if value.endswith("\n\n") else ""
-        out.append(f"{head} |2{chomp}{style.end()}")
-        for line in value.removesuffix("\n").split("\n"):
-            out.append(" " * (indent + 2) + line if line else "")
-    elif isinstance(value, str) or not value or style.maybe(style.flow):
-        out.append(f"{head} {_flow(value, style)}{style.end()}")
-    elif isinstance(value, dict):
-        out.append(head + style.end())
-        _mapping(value, indent + 2, style, out)
-    else:
-        out.append(head + style.end())
-        for item in value:
-            style.before(indent + 2, out)
-            if isinstance(item, dict) and item and not style.maybe(style.flow):
-                nested: list[str] = []
-                _mapping(item, indent + 4, style, nested)
-                out.append(" " * (indent + 2) + "- " + nested[0].lstrip(" "))
-                out.extend(nested[1:])
-            else:
-                out.append(" " * (indent + 2) + f"- {_flow(item, style)}{style.end()}")
-
-
-def canonical_yaml(tree: dict[str, Any]) -> str:
-    return to_yaml(tree, Style(Random(0)))  # noqa: S311 - cosmetics off: never drawn from
-
 
 # ---------------------------------------------------------------- keys
 
@@ -264,112 +85,12 @@ def key_of_files(files: Mapping[str, str | bytes], spec: str = "spec.yml", **loa
         return compute_key(load_spec(Path(tmp, spec), **load))
 
 
-# ---------------------------------------------------------------- strategies
-
-_ALNUM = "abcdefghijklmnopqrstuvwxyz0123456789"
-LETTERS = st.sampled_from("abcdefghijklmnopqrstuvwxyz")
-word = st.builds(str.__add__, LETTERS, st.text(_ALNUM, max_size=4))
-version = st.lists(st.integers(0, 20).map(str), min_size=1, max_size=3).map(".".join)
-dep = st.builds(
-    Dep, word, st.sampled_from(["", ">=", "<=", ">", "<", "==", "!=", "=", "~="]), version
-)
-deps = st.lists(dep, max_size=4, unique_by=lambda d: d.name)
-pinned_dep = st.builds(Dep, word, st.just("="), version)
-pip_req = st.builds(
-    PipReq,
-    st.lists(word, min_size=1, max_size=3).map(tuple),
-    st.sampled_from(["", ">=1.2", "==2.0", "<3", ">=1.0,<2", "[extra]>=1"]),
-)
-pips = st.lists(pip_req, max_size=3, unique_by=lambda p: p.parts)
-CHANNELS = ["conda-forge", "defaults", "bioconda", "pytorch", "nvidia", "https://repo.example/ch"]
-var_name = st.from_regex(r"[A-Z_][A-Z0-9_]{0,5}", fullmatch=True)
-var_value = st.text("ab1 :#-'\"/=.,[{*&!", max_size=8)
-variables = st.dictionaries(var_name, var_value, max_size=3).map(lambda d: tuple(d.items()))
-PLATFORMS = ["linux/amd64", "linux/arm64", "linux/arm/v7", "linux/arm/v6", "linux/386"]
-PLATFORMS += ["linux/ppc64le", "linux/s390x", "windows/amd64", "linux/x86_64", "linux/aarch64"]
-sha = st.text("0123456789abcdef", min_size=64, max_size=64)
-bases = st.sampled_from(
-    [
-        "ubuntu",
-        "ubuntu:22.04",
-        "127.0.0.1:5001/base/debian:bookworm",
-        "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu20.04:latest",
-        "python@sha256:" + "ab" * 32,
-    ]
-)
-
-
-@st.composite
-def envs(draw: st.DrawFn, *, min_channels: int = 0) -> Env:
-    return Env(
-        channels=tuple(
-            draw(
-                st.lists(st.sampled_from(CHANNELS), min_size=min_channels, max_size=3, unique=True)
-            )
-        ),
-        deps=tuple(draw(deps)),
-        pip=tuple(draw(pips)),
-        name=draw(st.none() | word),
-        prefix=draw(st.none() | word.map(lambda w: f"/opt/conda/envs/{w}")),
-        variables=draw(variables),
-    )
-
-
-shell_word = st.text("abxyz019$=./-_\"'", min_size=1, max_size=5)
-shell_gap = st.sampled_from([" ", "  ", "\t", " \t "])
-
-
-@st.composite
-def shell_body(draw: st.DrawFn) -> str:
-    words = [draw(word), *draw(st.lists(shell_word, max_size=3))]  # `RUN --x` would be a flag
-    return "".join(w + draw(shell_gap) for w in words[:-1]) + words[-1]
-
-
-json_body = st.lists(st.text("abc/-.", min_size=1, max_size=4), min_size=1, max_size=3).map(
-    lambda ws: "[" + ", ".join(f'"{w}"' for w in ws) + "]"
-)
-path_word = st.text("abc./_-", min_size=1, max_size=5).filter(
-    lambda w: w.strip(".") and not w.startswith("-")
-)
-shell_step = st.builds(lambda b: Step("RUN", b), shell_body())
-steps_one = st.one_of(
-    shell_step,
-    st.builds(lambda b: Step("CMD", b), shell_body()),
-    st.builds(lambda b: Step("ONBUILD", b, sub="RUN"), shell_body()),
-    st.builds(Step, st.sampled_from(["RUN", "CMD", "ENTRYPOINT"]), json_body),
-    st.builds(lambda k, v: Step("ENV", f"{k}={v}"), var_name, word),
-    st.builds(lambda k, v: Step("LABEL", f"{k}={v}"), word, word),
-    st.builds(lambda p: Step("WORKDIR", "/" + p), path_word),
-    st.builds(lambda a, b: Step("COPY", f"{a} /{b}"), path_word, path_word),
-    st.builds(lambda u: Step("USER", u), word),
-    st.builds(lambda p: Step("EXPOSE", str(p)), st.integers(1, 65535)),
-    st.builds(lambda n: Step("ARG", n), var_name),
-)
-some_steps = st.lists(steps_one, min_size=1, max_size=4).map(tuple)
-
-
-@st.composite
-def specs(
-    draw: st.DrawFn, *, with_env: bool = False, min_variables: int = 0, min_steps: int = 0
-) -> Spec:
-    own = draw(st.dictionaries(var_name, var_value, min_size=min_variables, max_size=3))
-    env = draw(envs() if with_env else st.none() | envs())
-    if env is not None:  # a variable set in both places must agree (else it is an error)
-        env = replace(env, variables=tuple((k, own.get(k, v)) for k, v in env.variables))
-    return Spec(
-        base=draw(bases),
-        platform=draw(st.none() | st.sampled_from(PLATFORMS)),
-        variables=tuple(own.items()),
-        steps=tuple(draw(st.lists(steps_one, min_size=min_steps, max_size=4))),
-        env=env,
-    )
+# ---------------------------------------------------------------- same key: YAML, conda, pip
 
 
 def random_case(rnd: Random) -> Callable[[str], str]:
+    """A rewrite that puts each letter of a word in upper or lower case, drawn from `rnd`."""
     return lambda w: "".join(rnd.choice([c.lower(), c.upper()]) for c in w)
-
-
-# ---------------------------------------------------------------- same key: conda and pip
 
 
 @PROPERTY
@@ -475,9 +196,6 @@ def test_variable_name_quoting_keeps_key(name: str, value: str, quote: str) -> N
 
 
 # ---------------------------------------------------------------- same key: images
-
-
-OFFICIAL = st.sampled_from(["ubuntu", "debian", "python", "alpine", "busybox"]) | word
 
 
 @PROPERTY
@@ -611,15 +329,12 @@ def test_line_continuations_keep_key(steps_: tuple[Step, ...], rnd: Random) -> N
 
 
 def spec_key(spec: Spec) -> EnvKey:
+    """The key of `spec` written as canonical YAML."""
     return key_of(canonical_yaml(envctl_tree(spec)))
 
 
-def pairs(n: int) -> st.SearchStrategy[tuple[int, int]]:
-    """Two different positions in a sequence of length `n` (n >= 2)."""
-    return st.sampled_from([(i, j) for i in range(n) for j in range(i + 1, n)])
-
-
 def swapped(items: tuple[Any, ...], ij: tuple[int, int]) -> tuple[Any, ...]:
+    """`items` with the two positions `ij` (drawn by `pairs`) exchanged."""
     out = list(items)
     out[ij[0]], out[ij[1]] = out[ij[1]], out[ij[0]]
     return tuple(out)
@@ -702,7 +417,8 @@ def test_base_digest_changes_key(spec: Spec, digests: list[str]) -> None:
     written = [spec_key(replace(spec, base=f"{name}@sha256:{d}")) for d in digests]
     assert written[0] != written[1]
     parsed = complete_spec(parse_spec_text(canonical_yaml(envctl_tree(spec)), "spec.yml"))
-    resolved = [compute_key(parsed.with_base_digest(f"sha256:{d}")) for d in digests]
+    pinned = [parsed.base_image.with_digest(f"sha256:{d}") for d in digests]
+    resolved = [compute_key(parsed.with_base_image(image)) for image in pinned]
     assert resolved[0] != resolved[1]
 
 
@@ -723,12 +439,6 @@ def test_dependency_added_or_removed_changes_key(spec: Spec, new_dep: Dep, new_p
 
 
 CONTEXT_SPEC = "base_image: ubuntu\ncontext: ctx\ndocker_steps: |\n  COPY . /app\n"
-context_files = st.dictionaries(
-    st.sampled_from(["a.txt", "b.bin", "sub/c.txt", "sub/deeper/d", "e"]),
-    st.binary(max_size=64) | st.sampled_from([1 << 20, (1 << 20) + 1]).map(lambda n: b"x" * n),
-    min_size=1,
-    max_size=3,
-)
 
 
 def write_context(root: Path, files: dict[str, bytes]) -> None:
@@ -741,10 +451,9 @@ def write_context(root: Path, files: dict[str, bytes]) -> None:
 
 
 @PROPERTY
-@given(context_files, st.data())
+@given(context_files(min_bytes=1), st.data())
 def test_context_byte_change_changes_key(files: dict[str, bytes], data: st.DataObject) -> None:
-    name = data.draw(st.sampled_from(sorted(n for n, c in files.items() if c) or [""]))
-    assume(name)
+    name = data.draw(st.sampled_from(sorted(files)))
     at = data.draw(st.integers(0, len(files[name]) - 1), label="byte")
     flip = data.draw(st.integers(1, 255), label="xor")
     with tempfile.TemporaryDirectory() as tmp:
@@ -757,7 +466,7 @@ def test_context_byte_change_changes_key(files: dict[str, bytes], data: st.DataO
 
 
 @PROPERTY
-@given(context_files, st.data())
+@given(context_files(), st.data())
 def test_context_mode_change_changes_key(files: dict[str, bytes], data: st.DataObject) -> None:
     name = data.draw(st.sampled_from(sorted(files)))
     with tempfile.TemporaryDirectory() as tmp:
