@@ -9,10 +9,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from registry.auth import Credentials
 from rich.console import Console
 from rich.markup import escape
 
@@ -28,10 +31,14 @@ from hashing import (
     SpecFormat,
     canonical_inputs,
     compute_key,
+    is_key,
     parse_image,
 )
 from hashing.explain import describe, diff
 from registry import DigestResolver, ImageNotFound, RegistryUnavailable
+from registry.base import Registry
+from registry.open import open_registry, open_tiers
+from registry.store import StoreRegistry
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_UNAVAILABLE = 0, 1, 2, 3
 EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
@@ -83,6 +90,33 @@ def exit_code(exc: Exception) -> int:
 class _Context:
     settings: Settings
     resolver: DigestResolver
+    closers: list[Callable[[], None]] = field(default_factory=list)
+    _registry: Registry | None = None
+
+    def registry(self) -> Registry:
+        """The configured registries as one (opened on first use: hashing needs none)."""
+        if self._registry is None:
+            s = self.settings
+
+            def opened(address: str, credentials: Credentials | None) -> StoreRegistry:
+                registry = open_registry(
+                    address,
+                    credentials=credentials,
+                    insecure=s.insecure_registries,
+                    timeout=s.registry_timeout,
+                )
+                self.closers.append(registry.close)
+                return registry
+
+            workspace = opened(s.workspace_registry or s.embedded_registry, s.workspace_credentials)
+            global_ = opened(s.global_registry, s.global_credentials) if s.global_registry else None
+            self._registry = open_tiers(workspace, global_)
+        return self._registry
+
+    def close(self) -> None:
+        """Close every connection this invocation opened."""
+        for close in self.closers:
+            close()
 
 
 def _context(ctx: typer.Context) -> _Context:
@@ -98,8 +132,9 @@ def _root(ctx: typer.Context) -> None:
         resolver = DigestResolver(
             insecure=settings.insecure_registries, timeout=settings.registry_timeout
         )
-        ctx.call_on_close(resolver.close)
-        ctx.obj = _Context(settings, resolver)
+        c = _Context(settings, resolver, closers=[resolver.close])
+        ctx.call_on_close(c.close)
+        ctx.obj = c
 
 
 def _keyed(
@@ -245,6 +280,73 @@ def _explain_two(
             out.print(f"    [red]- {escape(line)}[/red]")
         for line in d.right:
             out.print(f"    [green]+ {escape(line)}[/green]")
+
+
+@app.command("resolve")
+def resolve_command(
+    ctx: typer.Context,
+    spec: Annotated[str, typer.Argument(help="Spec file.")],
+    as_json: JsonOpt = False,
+    no_build: Annotated[
+        bool, typer.Option("--no-build", help="Only look the image up; a miss exits 1.")
+    ] = False,
+    base_image: BaseImageOpt = None,
+    fmt: FormatOpt = None,
+) -> None:
+    """Find the environment's image: workspace registry, then global (copied into the
+    workspace). Prints the image reference."""
+    c = _context(ctx)
+    try:
+        _, key = _keyed(c, spec, resolve=True, base_image=base_image, fmt=fmt)
+        hit = c.registry().lookup(key)
+    except EnvctlError as exc:
+        raise typer.Exit(_fail(exc)) from None
+    if hit is None:
+        why = "" if no_build else " (building on a miss is not available yet: use --no-build)"
+        err.print(f"not found: {key} is in no registry{why}")
+        raise typer.Exit(EXIT_FAILED)
+    if as_json:
+        print(json.dumps(hit.as_json()))
+    else:
+        out.print(escape(hit.image))
+        err.print(f"{hit.source} hit, {hit.digest}")
+
+
+@app.command("inspect")
+def inspect_command(
+    ctx: typer.Context,
+    target: Annotated[str, typer.Argument(help="A key, or a spec file.", metavar="KEY|SPEC")],
+    as_json: JsonOpt = False,
+    base_image: BaseImageOpt = None,
+    fmt: FormatOpt = None,
+) -> None:
+    """Show what is stored with an environment's image: spec, lock, Dockerfile, log, facts."""
+    c = _context(ctx)
+    try:
+        key = EnvKey(target)
+        if not is_key(target) or Path(target).exists():
+            key = _keyed(c, target, resolve=True, base_image=base_image, fmt=fmt)[1]
+        metadata = c.registry().get_metadata(key)
+    except EnvctlError as exc:
+        raise typer.Exit(_fail(exc)) from None
+    if metadata is None:
+        err.print(f"not found: no metadata for {key}")
+        raise typer.Exit(EXIT_FAILED)
+    if as_json:
+        print(json.dumps(metadata.as_json(), indent=2))
+        return
+    out.print(f"[bold]{key}[/bold]")
+    for name, value in sorted(metadata.facts.items()):
+        out.print(f"  [cyan]{name}[/cyan]: {escape(str(value))}")
+    for title, text in (
+        ("spec", metadata.spec_json),
+        ("Dockerfile", metadata.dockerfile),
+        ("lock", metadata.lock),
+        ("build log", metadata.build_log),
+    ):
+        if text:
+            out.print(f"[cyan]{title}[/cyan]:")
+            out.print(escape(text.rstrip("\n")))
 
 
 def main() -> None:

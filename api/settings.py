@@ -1,26 +1,110 @@
-"""envctl's settings: read once from the environment at the edge, then passed down."""
+"""envctl's settings: read once at the edge (environment and an optional config file), then
+passed down. Environment variables win over the file.
+
+    ENVCTL_CONFIG                  config file (default: $XDG_CONFIG_HOME/envctl/config.yml if any)
+    ENVCTL_WORKSPACE_REGISTRY      HOST[:PORT]/NAMESPACE, or oci:PATH (an OCI layout folder)
+    ENVCTL_GLOBAL_REGISTRY         the same, for the shared registry (optional)
+    ENVCTL_{WORKSPACE,GLOBAL}_REGISTRY_USERNAME / _PASSWORD
+                                   credentials (else the Docker config file's, for that host)
+    ENVCTL_BASE_IMAGE              default base image for conda files
+    ENVCTL_INSECURE_REGISTRIES     comma-separated hosts reached over plain HTTP (and loopback)
+    ENVCTL_REGISTRY_TIMEOUT        seconds
+    ENVCTL_HOME                    envctl's own data (default: $XDG_DATA_HOME/envctl); the
+                                   embedded registry `oci:$ENVCTL_HOME/registry` lives there
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from hashing import SpecError
+from hashing.validate import validate
+from hashing.yamldoc import load_yaml
+from registry.auth import Credentials
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Configuration of one envctl process (CLI invocation or server)."""
+    """Configuration of one envctl process (a CLI invocation or a server)."""
 
     default_base_image: str | None = None
+    workspace_registry: str | None = None
+    global_registry: str | None = None
+    workspace_credentials: Credentials | None = None
+    global_credentials: Credentials | None = None
     insecure_registries: tuple[str, ...] = ()
     registry_timeout: float = 10.0
+    home: Path = Path(".envctl")
+
+    @property
+    def embedded_registry(self) -> str:
+        """The workspace registry when none is configured: an OCI layout in envctl's home."""
+        return f"oci:{self.home / 'registry'}"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
-        """Build settings from `ENVCTL_*` variables."""
+        """Settings from `ENVCTL_*` variables, over the config file's."""
+        file = _ConfigFile()
+        path = env.get("ENVCTL_CONFIG") or _default_config(env)
+        if path is not None and (env.get("ENVCTL_CONFIG") or Path(path).exists()):
+            file = _read_config(Path(path))
+        insecure = env.get("ENVCTL_INSECURE_REGISTRIES")
         return cls(
-            default_base_image=env.get("ENVCTL_BASE_IMAGE") or None,
-            insecure_registries=tuple(
-                r.strip() for r in env.get("ENVCTL_INSECURE_REGISTRIES", "").split(",") if r.strip()
-            ),
-            registry_timeout=float(env.get("ENVCTL_REGISTRY_TIMEOUT", "10")),
+            default_base_image=env.get("ENVCTL_BASE_IMAGE") or file.base_image,
+            workspace_registry=env.get("ENVCTL_WORKSPACE_REGISTRY") or file.workspace_registry,
+            global_registry=env.get("ENVCTL_GLOBAL_REGISTRY") or file.global_registry,
+            workspace_credentials=_credentials(env, "ENVCTL_WORKSPACE_REGISTRY"),
+            global_credentials=_credentials(env, "ENVCTL_GLOBAL_REGISTRY"),
+            insecure_registries=tuple(h.strip() for h in insecure.split(",") if h.strip())
+            if insecure is not None
+            else tuple(file.insecure_registries),
+            registry_timeout=float(env.get("ENVCTL_REGISTRY_TIMEOUT") or file.registry_timeout),
+            home=Path(env.get("ENVCTL_HOME") or _data_home(env) / "envctl"),
         )
+
+
+class _ConfigFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    workspace_registry: str | None = None
+    global_registry: str | None = None
+    base_image: str | None = None
+    insecure_registries: list[str] = Field(default_factory=list)
+    registry_timeout: float = 10.0
+
+
+def _read_config(path: Path) -> _ConfigFile:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError(f"cannot read config file: {exc.strerror}", source=str(path)) from None
+    doc = load_yaml(text, str(path))
+    if doc.value is None:
+        return _ConfigFile()
+    return validate(doc, _ConfigFile)
+
+
+def _credentials(env: Mapping[str, str], prefix: str) -> Credentials | None:
+    username = env.get(f"{prefix}_USERNAME")
+    password = env.get(f"{prefix}_PASSWORD")
+    if username and password is not None:
+        return Credentials(username, password)
+    return None
+
+
+def _default_config(env: Mapping[str, str]) -> str | None:
+    base = env.get("XDG_CONFIG_HOME") or (
+        str(Path(env["HOME"]) / ".config") if "HOME" in env else None
+    )
+    return None if base is None else os.path.join(base, "envctl", "config.yml")
+
+
+def _data_home(env: Mapping[str, str]) -> Path:
+    if env.get("XDG_DATA_HOME"):
+        return Path(env["XDG_DATA_HOME"])
+    return Path(env.get("HOME", ".")) / ".local" / "share"

@@ -35,6 +35,8 @@ class SpecError(EnvctlError):
         super().__init__(str(self))
 
     def __str__(self) -> str:
+        if self.source is None and self.field is None:
+            return self.message
         where = self.source or "<spec>"
         if self.line is not None:
             where += f":{self.line}"
