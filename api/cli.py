@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from registry.auth import Credentials
 from rich.console import Console
 from rich.markup import escape
 
@@ -36,6 +35,7 @@ from hashing import (
 )
 from hashing.explain import describe, diff
 from registry import DigestResolver, ImageNotFound, RegistryUnavailable
+from registry.auth import Credentials
 from registry.base import Registry
 from registry.open import open_registry, open_tiers
 from registry.store import StoreRegistry

@@ -106,6 +106,17 @@ class StoreRegistry(ABC):
             self._hits[key] = hit
         return hit
 
+    def forget(self, key: EnvKey | None = None) -> None:
+        """Drop the remembered hit of `key`, or every remembered hit (None), so the next lookup
+        asks the registry again. For operators and benchmarks: after a tag was deleted outside
+        this object (another process, the registry's own tools), a remembered hit would
+        otherwise outlive it."""
+        with self._hits_lock:
+            if key is None:
+                self._hits.clear()
+            else:
+                self._hits.pop(key, None)
+
     def get_metadata(self, key: EnvKey) -> EnvMetadata | None:
         """The metadata stored under `KEY.meta`, or None."""
         manifest = self.get_manifest(key + META_SUFFIX)

@@ -92,3 +92,8 @@ def cli(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
     """A runner for the envctl CLI, in-process, with stdout and stderr kept apart."""
     monkeypatch.delenv("ENVCTL_BASE_IMAGE", raising=False)
     return CliRunner()
+
+
+# The real servers of tests/registry/servers.py (registries with auth, a token service) are
+# fixtures for every package: the CLI tests in tests/api need an htpasswd registry too.
+pytest_plugins = ("tests.registry.servers",)

@@ -9,14 +9,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from registry.oci import OciRegistry
 from typer.testing import CliRunner
 
 from api.cli import app
 from hashing import EnvKey
 from registry.metadata import EnvMetadata
+from registry.oci import OciRegistry
 from tests.conftest import EXAMPLES, Services
 from tests.registry.images import push_image
+from tests.registry.servers import ALICE, Served
 
 SPEC = str(EXAMPLES / "hello.envctl.yml")
 
@@ -131,3 +132,59 @@ def test_without_registries_the_embedded_layout_is_used(
     result = cli.invoke(app, ["resolve", "--no-build", "--json", SPEC])
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["image"] == f"oci:{tmp_path / 'home' / 'registry'}:{key}"
+
+
+# -- a workspace registry that wants credentials (htpasswd, from tests/registry/servers.py) ------
+
+
+@pytest.fixture
+def guarded(basic_registry: Served, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    """A fresh namespace in the htpasswd registry as the only tier, with no credentials set
+    and an empty Docker config (so none come from the developer's `docker login`)."""
+    address = f"{basic_registry.host}/cli-{uuid.uuid4().hex[:12]}"
+    monkeypatch.setenv("ENVCTL_WORKSPACE_REGISTRY", address)
+    monkeypatch.delenv("ENVCTL_GLOBAL_REGISTRY", raising=False)
+    for suffix in ("USERNAME", "PASSWORD"):
+        monkeypatch.delenv(f"ENVCTL_WORKSPACE_REGISTRY_{suffix}", raising=False)
+    monkeypatch.setenv("ENVCTL_HOME", str(tmp_path / "home"))
+    (tmp_path / "docker").mkdir()
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))
+    return basic_registry.host
+
+
+def _login(monkeypatch: pytest.MonkeyPatch, username: str, password: str) -> None:
+    monkeypatch.setenv("ENVCTL_WORKSPACE_REGISTRY_USERNAME", username)
+    monkeypatch.setenv("ENVCTL_WORKSPACE_REGISTRY_PASSWORD", password)
+
+
+def test_refused_credentials_exit_1_naming_the_registry_and_are_never_a_miss(
+    cli: CliRunner, guarded: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _login(monkeypatch, ALICE.username, "tr0ub4dor")
+    result = cli.invoke(app, ["resolve", "--no-build", SPEC])
+    assert result.exit_code == 1
+    assert f"registry {guarded} refused the credentials sent for user 'alice'" in result.stderr
+    assert "not found" not in result.stderr
+    assert "tr0ub4dor" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_the_right_credentials_reach_the_registry_and_a_miss_is_not_found(
+    cli: CliRunner, guarded: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _login(monkeypatch, ALICE.username, ALICE.password)
+    result = cli.invoke(app, ["resolve", "--no-build", SPEC])
+    assert result.exit_code == 1
+    assert "not found" in result.stderr
+    assert "refused" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_no_credentials_for_a_registry_that_wants_them_exit_1_saying_so(
+    cli: CliRunner, guarded: str
+) -> None:
+    result = cli.invoke(app, ["resolve", "--no-build", SPEC])
+    assert result.exit_code == 1
+    assert f"registry {guarded} requires credentials and none were configured" in result.stderr
+    assert "not found" not in result.stderr
+    assert result.stdout == ""

@@ -2,19 +2,17 @@
 
 The contract (tests/registry/test_contract.py) covers the behaviour every registry shares. Here
 every test uses the real loopback registries in a namespace of its own; where a registry must
-misbehave (5xx, pages), a small real HTTP server on loopback stands in front of the real one.
+misbehave (5xx, pages), a small real HTTP server on loopback (`Front`, from
+tests/registry/servers.py) stands in front of the real one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import socket
-import threading
 import uuid
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -27,6 +25,7 @@ from registry.http import RetryPolicy
 from registry.oci import BUFFERED_BLOB_SIZE, InvalidRegistryAddress, OciRegistry, parse_address
 from tests.conftest import Services
 from tests.registry.images import layer_of, push_image
+from tests.registry.servers import Front, free_port, reply
 
 FAST = RetryPolicy(retries=2, backoff=0.01)
 EMPTY = Descriptor(
@@ -210,57 +209,10 @@ def test_distribution_2_8_lists_every_tag_at_once(services: Services, namespace:
 # -- a real HTTP server in front of the real registry ----------------------------------------------
 
 
-class Front:
-    """A loopback HTTP server: `answer(handler)` decides each response; counts requests."""
-
-    def __init__(self, answer: Callable[[BaseHTTPRequestHandler], None]) -> None:
-        self.requests = 0
-        front = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _any(self) -> None:
-                front.requests += 1
-                answer(self)
-
-            do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = _any  # noqa: N815
-
-            def log_message(self, *_: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.host = f"127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-
-    def __enter__(self) -> Front:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=10)
-
-
-def _reply(
-    handler: BaseHTTPRequestHandler, status: int, body: bytes, headers: dict[str, str]
-) -> None:
-    handler.send_response(status)
-    for name, value in headers.items():
-        handler.send_header(name, value)
-    handler.send_header("Content-Length", str(len(body)))
-    handler.end_headers()
-    if handler.command != "HEAD":
-        handler.wfile.write(body)
-
-
 @pytest.mark.parametrize("operation", ["lookup", "tags"])
 def test_a_5xx_is_retried_then_raises_unavailable(operation: str) -> None:
     body = b'{"errors":[{"code":"UNAVAILABLE","message":"overloaded"}]}'
-    with Front(lambda h: _reply(h, 503, body, {"Content-Type": "application/json"})) as front:
+    with Front(lambda h: reply(h, 503, body, {"Content-Type": "application/json"})) as front:
         registry = OciRegistry(f"{front.host}/ns", retries=FAST)
         with registry, pytest.raises(RegistryUnavailable) as info:
             registry.lookup(_key()) if operation == "lookup" else registry.tags()
@@ -284,7 +236,7 @@ def test_transient_5xx_are_survived(services: Services, namespace: str) -> None:
         kind = (handler.command, "uploads" if "/blobs/uploads/" in path else path.split("/")[-2])
         if kind not in failed:
             failed.append(kind)
-            return _reply(handler, 502, b"", {})
+            return reply(handler, 502, b"", {})
         skip = ("host", "content-length", "transfer-encoding")
         headers = {k: v for k, v in handler.headers.items() if k.lower() not in skip}
         answer = upstream.request(handler.command, handler.path, headers=headers, content=data)
@@ -292,7 +244,7 @@ def test_transient_5xx_are_survived(services: Services, namespace: str) -> None:
         if "location" in answer.headers:  # relative, so that the session goes through the front
             location = urlsplit(answer.headers["location"])
             kept["Location"] = location._replace(scheme="", netloc="").geturl()
-        _reply(handler, answer.status_code, answer.content, kept)
+        reply(handler, answer.status_code, answer.content, kept)
 
     with (
         upstream,
@@ -331,7 +283,7 @@ def test_tag_pages_are_followed(services: Services, namespace: str) -> None:
         if start + size < len(every):
             last = every[start + size - 1]
             headers["Link"] = f'<{parts.path}?n={size}&last={last}>; rel="next"'
-        _reply(handler, 200, httpx.Response(200, json=body).content, headers)
+        reply(handler, 200, httpx.Response(200, json=body).content, headers)
 
     with OciRegistry(f"{services.workspace_registry}/{namespace}") as writer:
         manifest = push_image(writer, "t0")
@@ -346,15 +298,9 @@ def test_tag_pages_are_followed(services: Services, namespace: str) -> None:
 # -- unreachable ---------------------------------------------------------------------------------
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.parametrize("operation", ["lookup", "tags", "has_blob", "put_blob"])
 def test_a_closed_port_raises_unavailable_after_retries(operation: str) -> None:
-    registry = OciRegistry(f"127.0.0.1:{_closed_port()}/ns", retries=FAST)
+    registry = OciRegistry(f"127.0.0.1:{free_port()}/ns", retries=FAST)
     calls: dict[str, Callable[[], object]] = {
         "lookup": lambda: registry.lookup(_key()),
         "tags": registry.tags,

@@ -11,11 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from registry.oci import OciRegistry
 
 from hashing import EnvKey
 from registry.errors import RegistryError, RegistryUnavailable
 from registry.metadata import EnvMetadata
+from registry.oci import OciRegistry
 from registry.tiered import TieredRegistry
 from tests.conftest import Services, docker
 from tests.registry.images import layer_of, push_image
