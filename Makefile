@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
-services:
-	scripts/services up
+# The venv comes first: the conda channel is built with its Python (py-rattler).
+services: $(STAMP)
+	ENVCTL_PYTHON=$(BIN)/python scripts/services up
 
 services-down:
 	scripts/services down
@@ -31,6 +32,8 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/mypy bench/hash
+	$(BIN)/mypy scripts/build-channel
+	$(BIN)/mypy bench/lookup
 
 pytest: $(STAMP) services
 	@$(SERVICES_ENV) && $(BIN)/pytest
@@ -39,6 +42,7 @@ test: lint typecheck pytest
 
 bench: $(STAMP) services
 	@$(SERVICES_ENV) && $(BIN)/python bench/hash
+	@$(SERVICES_ENV) && $(BIN)/python bench/lookup
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -20,6 +20,10 @@ from rich.markup import escape
 
 from api.settings import Settings
 from api.specfiles import load_spec
+from builder.docker import DockerBuilder
+from builder.errors import ChannelUnavailable, EngineUnavailable
+from builder.pipeline import BuildConfig, DockerImageBuilder
+from builder.resolve import Resolver
 from hashing import (
     EnvctlError,
     EnvironmentSpec,
@@ -41,10 +45,13 @@ from registry.open import open_registry, open_tiers
 from registry.store import StoreRegistry
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_UNAVAILABLE = 0, 1, 2, 3
+DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
     (SpecError, EXIT_INVALID),
     (ImageNotFound, EXIT_INVALID),  # the spec names a base image that does not exist
     (RegistryUnavailable, EXIT_UNAVAILABLE),
+    (EngineUnavailable, EXIT_UNAVAILABLE),
+    (ChannelUnavailable, EXIT_UNAVAILABLE),
     (EnvctlError, EXIT_FAILED),
 )
 
@@ -92,6 +99,7 @@ class _Context:
     resolver: DigestResolver
     closers: list[Callable[[], None]] = field(default_factory=list)
     _registry: Registry | None = None
+    _workspace: StoreRegistry | None = None
 
     def registry(self) -> Registry:
         """The configured registries as one (opened on first use: hashing needs none)."""
@@ -110,8 +118,26 @@ class _Context:
 
             workspace = opened(s.workspace_registry or s.embedded_registry, s.workspace_credentials)
             global_ = opened(s.global_registry, s.global_credentials) if s.global_registry else None
+            self._workspace = workspace
             self._registry = open_tiers(workspace, global_)
         return self._registry
+
+    def images(self) -> Resolver:
+        """Lookup, and on a miss one build per key, on the configured engine and registries."""
+        s = self.settings
+        registry = self.registry()
+        assert self._workspace is not None
+        engine = DockerBuilder(
+            base_url=s.docker_host or DEFAULT_DOCKER_HOST,
+            timeout=s.build_timeout,
+            memory=s.build_memory,
+            cpus=s.build_cpus,
+            network=s.build_network,  # type: ignore[arg-type]
+        )
+        self.closers.append(engine.close)
+        config = BuildConfig(s.home, s.channels, s.workspace_credentials)
+        builder = DockerImageBuilder(self._workspace, engine, config)
+        return Resolver(registry, builder, state=s.home)
 
     def close(self) -> None:
         """Close every connection this invocation opened."""
@@ -290,26 +316,40 @@ def resolve_command(
     no_build: Annotated[
         bool, typer.Option("--no-build", help="Only look the image up; a miss exits 1.")
     ] = False,
+    force_rebuild: Annotated[
+        bool,
+        typer.Option("--force-rebuild", help="Build even on a hit or a remembered failure."),
+    ] = False,
     base_image: BaseImageOpt = None,
     fmt: FormatOpt = None,
 ) -> None:
-    """Find the environment's image: workspace registry, then global (copied into the
-    workspace). Prints the image reference."""
+    """The environment's image: from the workspace registry, else the global one (copied into
+    the workspace), else built once. Prints the image reference; progress goes to stderr."""
     c = _context(ctx)
     try:
-        _, key = _keyed(c, spec, resolve=True, base_image=base_image, fmt=fmt)
-        hit = c.registry().lookup(key)
+        env_spec, key = _keyed(c, spec, resolve=True, base_image=base_image, fmt=fmt)
+        hit = c.images().resolve(
+            env_spec, build=not no_build, force_rebuild=force_rebuild, on_event=_progress
+        )
     except EnvctlError as exc:
         raise typer.Exit(_fail(exc)) from None
     if hit is None:
-        why = "" if no_build else " (building on a miss is not available yet: use --no-build)"
-        err.print(f"not found: {key} is in no registry{why}")
+        err.print(f"not found: {key} is in no registry")
         raise typer.Exit(EXIT_FAILED)
     if as_json:
         print(json.dumps(hit.as_json()))
     else:
         out.print(escape(hit.image))
-        err.print(f"{hit.source} hit, {hit.digest}")
+        built = f" (build {hit.build_id})" if hit.build_id else ""
+        err.print(f"{hit.source}{built}: {hit.digest}")
+
+
+def _progress(stage: str, message: str) -> None:
+    """Resolve's progress on stderr: stages bold, the build log as it streams."""
+    if stage == "log":
+        err.print(f"  {escape(message)}", style="dim")
+    else:
+        err.print(f"[bold]{stage}[/bold] {escape(message)}")
 
 
 @app.command("inspect")

@@ -9,8 +9,16 @@ passed down. Environment variables win over the file.
     ENVCTL_BASE_IMAGE              default base image for conda files
     ENVCTL_INSECURE_REGISTRIES     comma-separated hosts reached over plain HTTP (and loopback)
     ENVCTL_REGISTRY_TIMEOUT        seconds
-    ENVCTL_HOME                    envctl's own data (default: $XDG_DATA_HOME/envctl); the
-                                   embedded registry `oci:$ENVCTL_HOME/registry` lives there
+    ENVCTL_HOME                    envctl's own data (default: $XDG_DATA_HOME/envctl): the
+                                   embedded registry `oci:$ENVCTL_HOME/registry`, the package
+                                   cache, build folders, build locks and remembered failures
+    ENVCTL_CHANNELS                comma-separated conda channels (URLs or names), in priority
+                                   order; they replace the spec's own channels
+    ENVCTL_BUILD_TIMEOUT           seconds of running time a build may take (default 3600)
+    ENVCTL_BUILD_MEMORY            memory limit of build steps in bytes, or with k/m/g
+    ENVCTL_BUILD_CPUS              CPU limit of build steps (e.g. 1.5)
+    ENVCTL_BUILD_NETWORK           network of build steps: none, host or default
+    DOCKER_HOST                    the Docker engine (default: the local socket)
 """
 
 from __future__ import annotations
@@ -40,6 +48,12 @@ class Settings:
     insecure_registries: tuple[str, ...] = ()
     registry_timeout: float = 10.0
     home: Path = Path(".envctl")
+    channels: tuple[str, ...] = ()
+    build_timeout: float = 3600.0
+    build_memory: int | None = None
+    build_cpus: float | None = None
+    build_network: str = "default"
+    docker_host: str | None = None
 
     @property
     def embedded_registry(self) -> str:
@@ -60,11 +74,17 @@ class Settings:
             global_registry=env.get("ENVCTL_GLOBAL_REGISTRY") or file.global_registry,
             workspace_credentials=_credentials(env, "ENVCTL_WORKSPACE_REGISTRY"),
             global_credentials=_credentials(env, "ENVCTL_GLOBAL_REGISTRY"),
-            insecure_registries=tuple(h.strip() for h in insecure.split(",") if h.strip())
+            insecure_registries=_list(insecure)
             if insecure is not None
             else tuple(file.insecure_registries),
             registry_timeout=float(env.get("ENVCTL_REGISTRY_TIMEOUT") or file.registry_timeout),
             home=Path(env.get("ENVCTL_HOME") or _data_home(env) / "envctl"),
+            channels=_list(env.get("ENVCTL_CHANNELS", "")),
+            build_timeout=float(env.get("ENVCTL_BUILD_TIMEOUT") or 3600),
+            build_memory=_bytes(env.get("ENVCTL_BUILD_MEMORY")),
+            build_cpus=float(env["ENVCTL_BUILD_CPUS"]) if env.get("ENVCTL_BUILD_CPUS") else None,
+            build_network=_network(env.get("ENVCTL_BUILD_NETWORK") or "default"),
+            docker_host=env.get("DOCKER_HOST") or None,
         )
 
 
@@ -108,3 +128,29 @@ def _data_home(env: Mapping[str, str]) -> Path:
     if env.get("XDG_DATA_HOME"):
         return Path(env["XDG_DATA_HOME"])
     return Path(env.get("HOME", ".")) / ".local" / "share"
+
+
+def _list(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+_UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def _bytes(text: str | None) -> int | None:
+    if not text:
+        return None
+    number = text.strip().lower().removesuffix("b")
+    scale = _UNITS.get(number[-1:], 1)
+    try:
+        return int(float(number.rstrip("kmg")) * scale)
+    except ValueError:
+        raise SpecError(
+            f"not a size: {text!r} (bytes, or with k, m or g)", source="ENVCTL_BUILD_MEMORY"
+        ) from None
+
+
+def _network(text: str) -> str:
+    if text not in ("none", "host", "default"):
+        raise SpecError(f"{text!r}: use none, host or default", source="ENVCTL_BUILD_NETWORK")
+    return text

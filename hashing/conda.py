@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rattler import MatchSpec
 from rattler.exceptions import InvalidMatchSpecError
 
-from hashing.validate import VariableName, validate
+from hashing.validate import VariableName, VariableValue, validate
 from hashing.yamldoc import Path, YamlDocument
 
 _NAME_TEXT = r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
@@ -143,7 +143,7 @@ class CondaFile(BaseModel):
     prefix: str | None = None
     channels: list[str] = Field(default_factory=list)
     dependencies: list[Any] = Field(default_factory=list)
-    variables: dict[VariableName, str] = Field(default_factory=dict)
+    variables: dict[VariableName, VariableValue] = Field(default_factory=dict)
 
 
 def parse_conda(doc: YamlDocument, at: Path = ()) -> tuple[CondaEnvironment, dict[str, str]]:

@@ -9,7 +9,10 @@ moby/buildkit's Go code) instead of imitating it.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from json import dumps as json_dumps
 from typing import Any
 
 import dockerfile
@@ -23,6 +26,10 @@ _INSTRUCTIONS = frozenset(
         "MAINTAINER", "ONBUILD", "RUN", "SHELL", "STOPSIGNAL", "USER", "VOLUME", "WORKDIR",
     }
 )  # fmt: skip
+
+
+# An ONBUILD whose sub-instruction has flags: Docker's parser keeps no trace of them.
+_ONBUILD_SUB_FLAGS = re.compile(r"(?is)\s*onbuild\s+(?:--\S+\s+)*[a-z]+\s+--\S")
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,36 @@ class DockerStep:
             list(self.args),
             [list(h) for h in self.heredocs],
         ]
+
+    def dockerfile_line(self) -> str:
+        """The instruction written from its parsed form, for a generated Dockerfile.
+
+        Contract: `parse_steps(step.dockerfile_line()) == (step,)`, and equal steps give the same
+        text (`RUN    echo x` and `run echo x` both render `RUN echo x`). Shell form is
+        `RUN <flags> <arg>`, JSON form `CMD ["a", "b"]`, ENV/LABEL `ENV K=V K2=V2` with values
+        as Docker's parser kept them (quotes and escapes included; the old form `ENV K some
+        words` stays in that form, since quoting the value would change what the parser keeps),
+        heredocs as the first line followed by each body and its terminator.
+
+        Each rendering is checked by re-parsing it, falling back to `original`. (What the
+        parsed form cannot hold at all, ONBUILD's sub-flags and heredocs and non-ASCII flags, is
+        refused when the steps are parsed.) A step that ends in a lone escape character raises
+        SpecError: it parses that way only as the last line of its text (`RUN a \\ \\` at the
+        very end reads as `a \\`), and the same text followed by another instruction would run
+        on into it. So does a step read under a `# escape=` directive that the default escape
+        character reads differently.
+        """
+        candidates = list(_renderings(self))
+        if self.original:
+            candidates.append(self.original)
+        for text in candidates:
+            if _reads_back(text, self):
+                return text
+        raise SpecError(
+            f"this {self.instruction} cannot be written into a Dockerfile so that it reads the "
+            "same: it ends in a line continuation or needs its `# escape=` directive",
+            line=self.line or None,
+        )
 
 
 @dataclass(frozen=True)
@@ -132,6 +169,11 @@ def _parse(text: str, source: str, first_line: int) -> tuple[DockerStep, ...]:
             source=source,
             line=None if line is None else line + first_line - 1,
         ) from None
+    except UnicodeDecodeError:
+        # the Go parser splits flags byte by byte and can cut a multi-byte character in two
+        raise SpecError(
+            "an instruction's --flags must be ASCII", source=source, line=first_line
+        ) from None
     steps = []
     for cmd in commands:
         line = cmd.start_line + first_line - 1
@@ -140,6 +182,16 @@ def _parse(text: str, source: str, first_line: int) -> tuple[DockerStep, ...]:
             raise SpecError(f"unknown instruction {cmd.cmd!r}", source=source, line=line)
         if not cmd.value:
             raise SpecError(f"{instruction} needs arguments", source=source, line=line)
+        if instruction == "ONBUILD" and (
+            _ONBUILD_SUB_FLAGS.match(cmd.original) or "<<" in cmd.original
+        ):
+            # Docker's parser drops an ONBUILD sub-instruction's flags and heredoc bodies, so two
+            # different triggers would read as one: refuse rather than risk one key for both
+            raise SpecError(
+                "ONBUILD with --flags or a heredoc is not supported", source=source, line=line
+            )
+        if not all(flag.isascii() for flag in cmd.flags):
+            raise SpecError("an instruction's --flags must be ASCII", source=source, line=line)
         args = tuple(cmd.value)
         if instruction == "HEALTHCHECK":  # Docker reads its CMD/NONE word in any case
             args = (args[0].upper(), *args[1:])
@@ -168,3 +220,51 @@ def _error_line(text: str, message: str) -> int | None:
             if str(exc) == message:
                 return end
     return None
+
+
+# ------------------------------------------------------------------- writing a step back as text
+
+# Characters that end or open a word while Docker reads flags; escaped with a backslash.
+_FLAG_SPECIAL = re.compile(r"""([\s"'\\])""")
+# A line after the step, so a rendering that would run on into the next line is caught.
+_SENTINEL = "USER envctl-sentinel"
+
+
+def _renderings(step: DockerStep) -> Iterator[str]:
+    """Texts written from the parsed form only, preferred first."""
+    head = " ".join([step.instruction, *map(_flag, step.flags)])
+    if step.sub_instruction is not None:
+        head += f" {step.sub_instruction}"  # the sub-instruction's own flags are not kept
+    kind = step.sub_instruction or step.instruction
+    yield f"{head} {_arguments(kind, step.json, step.args)}" + "".join(
+        f"\n{body}{name}" for name, body in step.heredocs
+    )
+    if kind in ("ENV", "LABEL") and len(step.args) == 2:
+        # The old form `ENV K some words`: its value may hold spaces that `K=V` would split.
+        # Quoting it instead would change the parsed value (the parser keeps quotes).
+        yield f"{head} {step.args[0]} {step.args[1]}"
+
+
+def _arguments(instruction: str, json: bool, args: tuple[str, ...]) -> str:
+    if json and instruction == "HEALTHCHECK":
+        return f"{args[0]} {json_dumps(list(args[1:]), ensure_ascii=False)}"
+    if json:
+        return json_dumps(list(args), ensure_ascii=False)
+    if instruction in ("ENV", "LABEL"):
+        return " ".join(f"{k}={v}" for k, v in zip(args[::2], args[1::2], strict=True))
+    # a shell form is one argument; COPY, EXPOSE, ARG, `HEALTHCHECK CMD …` are words
+    return " ".join(args)
+
+
+def _flag(flag: str) -> str:
+    """A flag as Docker reads it back: `--name=value` with quotes, spaces and `\\` escaped."""
+    return "--" + _FLAG_SPECIAL.sub(r"\\\1", flag[2:]) if flag.startswith("--") else flag
+
+
+def _reads_back(text: str, step: DockerStep) -> bool:
+    try:
+        parsed = _parse(f"{text}\n{_SENTINEL}", "<rendered>", 1)
+    except (SpecError, UnicodeDecodeError):
+        # the parser splits flags byte by byte; a non-ASCII flag can leave invalid UTF-8
+        return False
+    return len(parsed) == 2 and parsed[0] == step and parsed[1].original == _SENTINEL

@@ -26,7 +26,7 @@ from hashing.imageref import (
     normalize_platform,
     parse_image,
 )
-from hashing.validate import VariableName, validate
+from hashing.validate import VariableName, VariableValue, validate
 from hashing.yamldoc import Path, YamlDocument, load_yaml
 
 SpecFormat = Literal["envctl", "conda", "azureml"]
@@ -113,7 +113,7 @@ class _EnvctlFile(BaseModel):
     base_image: str
     docker_steps: str | None = None
     conda: str | dict[str, Any] | None = None
-    variables: dict[VariableName, str] = Field(default_factory=dict)
+    variables: dict[VariableName, VariableValue] = Field(default_factory=dict)
     platform: str = DEFAULT_PLATFORM
     context: str | None = None
 

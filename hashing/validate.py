@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, StringConstraints, ValidationError
+from pydantic import AfterValidator, BaseModel, StringConstraints, ValidationError
 
 from hashing.yamldoc import Path, YamlDocument
 
@@ -12,6 +12,16 @@ M = TypeVar("M", bound=BaseModel)
 
 VariableName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 """An environment variable name as Docker's ENV and a shell accept it."""
+
+
+def _writable(value: str) -> str:
+    if "\n" in value or "\x00" in value:
+        raise ValueError("a value cannot hold a newline or NUL: a Dockerfile ENV cannot carry it")
+    return value
+
+
+VariableValue = Annotated[str, AfterValidator(_writable)]
+"""An environment variable value that a Dockerfile can write exactly."""
 
 _MESSAGES = {
     "missing": "required field is missing",
@@ -60,4 +70,6 @@ def _message(err: Any) -> str:
         return f"unknown key {key!r}"
     if err["type"] == "literal_error":
         return f"must be one of {err['ctx']['expected']}"
+    if err["type"] == "value_error":  # our own validators' messages, without pydantic's prefix
+        return str(err["msg"]).removeprefix("Value error, ")
     return _MESSAGES.get(err["type"], str(err["msg"]))

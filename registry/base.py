@@ -45,6 +45,7 @@ class ImageRef:
     image: str
     digest: str
     source: Source = "workspace"
+    build_id: str | None = None  # the build that made it, when this call waited on one
 
     @property
     def pinned(self) -> str:
@@ -52,8 +53,9 @@ class ImageRef:
         return f"{self.image.rsplit(':', 1)[0]}@{self.digest}"
 
     def as_json(self) -> dict[str, str]:
-        """The shape `envctl resolve --json` prints."""
-        return {"key": self.key, "image": self.image, "digest": self.digest, "source": self.source}
+        """The shape `envctl resolve --json` prints (`build_id` when a build was waited on)."""
+        body = {"key": self.key, "image": self.image, "digest": self.digest, "source": self.source}
+        return body if self.build_id is None else {**body, "build_id": self.build_id}
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,13 @@ class RetryPolicy:
 DEFAULT_RETRIES = RetryPolicy()
 
 
+# Keep alive every connection the pool opens. With httpx's default (20 kept alive of 100),
+# more concurrent callers than that make httpcore 1.0 hand out a connection it is closing
+# (encode/httpcore#1110): transport errors and stalls until the timeout. bench/lookup measured
+# 64 threads: no errors with this pool, retried errors and 10 s stalls without.
+POOL_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=100)
+
+
 class RegistryClient:
     """HTTP for registries over one shared, thread-safe httpx.Client.
 
@@ -92,7 +99,7 @@ class RegistryClient:
         self._insecure = frozenset(insecure)
         self._policy = retries if isinstance(retries, RetryPolicy) else RetryPolicy(retries)
         self._owns_client = client is None
-        self._client = client or httpx.Client(timeout=timeout)
+        self._client = client or httpx.Client(timeout=timeout, limits=POOL_LIMITS)
         source: CredentialSource
         if credentials is None or isinstance(credentials, Credentials):
             source = _constant(credentials)

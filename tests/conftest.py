@@ -30,6 +30,8 @@ class Services:
     global_registry: str
     base_image: str
     busybox_image: str
+    python_image: str  # the Debian base with python3 and pip (apt)
+    channels: str  # the local conda channel's root URL, e.g. http://127.0.0.1:5003/
 
     @property
     def global_host(self) -> str:
@@ -62,13 +64,15 @@ def _require(name: str) -> str:
 
 @pytest.fixture(scope="session")
 def services() -> Services:
-    """The real Docker engine and OCI registries; fails when they are not running."""
+    """The real Docker engine, OCI registries and conda channel; fails when they are not running."""
     return Services(
         docker_host=_require("DOCKER_HOST"),
         workspace_registry=_require("ENVCTL_WORKSPACE_REGISTRY"),
         global_registry=_require("ENVCTL_GLOBAL_REGISTRY"),
         base_image=_require("ENVCTL_TEST_BASE_IMAGE"),
         busybox_image=_require("ENVCTL_TEST_BUSYBOX_IMAGE"),
+        python_image=_require("ENVCTL_TEST_PYTHON_IMAGE"),
+        channels=_require("ENVCTL_CHANNELS"),
     )
 
 

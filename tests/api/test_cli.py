@@ -166,9 +166,9 @@ def test_explain_shows_the_canonical_inputs(cli: CliRunner, services: Services) 
     out = result.stdout
     for expected in (
         "127.0.0.1:5001/base/debian@sha256:",
-        "numpy >=1.26",
-        "python 3.11.*",
-        "requests>=2.31",
+        "envctl-greet",
+        "envctl-hello >=2",  # `envctl-hello>=2` and `envctl-hello >= 2`, normalized and merged
+        "RUN envctl-hello > /etc/hello.txt",
         "greeting.txt",
     ):
         assert expected in out
@@ -186,7 +186,7 @@ def test_explain_two_specs_names_exactly_what_differs(cli: CliRunner, services: 
     body = json.loads(changed.stdout)
     assert body["same_key"] is False
     assert body["differences"] == [
-        {"input": "conda.dependencies", "left": ["numpy >=1.26"], "right": ["numpy >=1.27"]}
+        {"input": "conda.dependencies", "left": ["envctl-hello >=2"], "right": ["envctl-hello 1.*"]}
     ]
 
 

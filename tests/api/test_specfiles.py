@@ -10,7 +10,8 @@ from docker.utils.build import PatternMatcher
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from api.specfiles import DockerIgnore, hash_file, load_spec, scan_context
+from api.specfiles import load_spec
+from builder.context import DockerIgnore, hash_file, scan_context
 from hashing import SpecError, compute_key
 
 

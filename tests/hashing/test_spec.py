@@ -98,3 +98,9 @@ def test_keys_are_names_as_written_not_yaml_1_1_booleans() -> None:
     assert spec.variables == (("ON", "a"), ("yes", "b"))
     error = _error("base_image: x\nvariables:\n  A: on\n")
     assert error.message == "must be a string (quote it in YAML)"
+
+
+def test_a_value_a_dockerfile_cannot_write_is_refused_where_it_is() -> None:
+    error = _error('base_image: x\nvariables:\n  A: "one\\ntwo"\n')
+    assert (error.line, error.field) == (3, "variables.A")
+    assert "newline" in error.message

@@ -1,0 +1,432 @@
+"""Run a rendered build on a Docker engine, through the docker SDK (the classic builder).
+
+    write_context(BuildContext, dir)   the Dockerfile and .envctl/requirements.txt, into a context
+    DockerBuilder.build(dir, tag=…)    -> image id; the log goes to on_log line by line
+    DockerBuilder.push(tag)            -> manifest digest
+    DockerBuilder.remove(tag)          best effort
+
+Failures raise the builder's errors (builder.errors): a failing step is StepFailed with the tail
+of the log and leaves no tag (containers are always removed: rm + forcerm); running past the time
+limit is BuildTimeout, after the build is cancelled and its container is confirmed gone; an
+engine that cannot be reached is EngineUnavailable. Nothing runs privileged: the classic builder
+has no such option.
+
+The engine is spoken to at API 1.41 (Docker 20.10, the oldest supported; newer engines accept
+it), so creating a DockerBuilder does no I/O. `/build` is posted on the SDK's own session rather
+than through `APIClient.build`, which cannot pass cpuquota/cpuperiod and hides the HTTP response
+whose connection must be shut down to cancel a build.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import json
+import os
+import re
+import socket
+import tarfile
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any, Literal
+
+import docker
+import docker.auth
+import docker.errors
+import requests
+
+from builder.errors import BuildError, BuildTimeout, EngineUnavailable, StepFailed
+from builder.render import REQUIREMENTS_FILE, BuildContext
+
+API_VERSION = "1.41"
+Network = Literal["none", "host", "default"]
+OnLog = Callable[[str], None]
+
+_API_TIMEOUT = 60  # seconds, for calls other than the build stream (inspect, push reads, remove)
+_CPU_PERIOD = 100_000  # µs; `cpus=N` is a quota of N periods per period, as `docker run --cpus`
+_CANCEL_GRACE = 15.0  # seconds for the engine to kill and remove a cancelled build's container
+_TAIL_LINES = 50
+_STEP = re.compile(r"^Step (\d+)/\d+ :")
+_RUNNING_IN = re.compile(r"^ ---> Running in ([0-9a-f]{12,64})$")
+# The classic builder wraps a RUN's stderr in colour codes (ESC[91m … ESC[0m); logs are plain text.
+_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def write_context(context: BuildContext, target: Path) -> None:
+    """Write the Dockerfile and `.envctl/requirements.txt` into the build context `target`.
+
+    The caller puts the installed environment at `context.env_dir`, and the user's context files.
+    """
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "Dockerfile").write_text(context.dockerfile)
+    if context.pip_requirements is not None:
+        requirements = target / REQUIREMENTS_FILE
+        requirements.parent.mkdir(parents=True, exist_ok=True)
+        requirements.write_text(context.pip_requirements)
+
+
+class DockerBuilder:
+    """Builds, pushes and removes images on one Docker engine. Safe to share between threads."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        timeout: float,
+        memory: int | None,
+        cpus: float | None,
+        network: Network,
+        pull: bool = False,
+    ) -> None:
+        """`timeout`: seconds a build may run; `memory` (bytes, no swap on top) and `cpus` limit
+        each RUN; `network` is the RUNs' network; `pull` pulls the base even when present."""
+        self.base_url = base_url
+        self.timeout = timeout
+        self._params: dict[str, Any] = {"rm": 1, "forcerm": 1, "pull": int(pull)}
+        self._params["networkmode"] = network
+        if memory is not None:
+            self._params |= {"memory": memory, "memswap": memory}
+        if cpus is not None:
+            self._params |= {"cpuperiod": _CPU_PERIOD, "cpuquota": round(cpus * _CPU_PERIOD)}
+        self._api = docker.APIClient(base_url=base_url, version=API_VERSION, timeout=_API_TIMEOUT)
+
+    def close(self) -> None:
+        """Close the connections to the engine."""
+        self._api.close()
+
+    def build(
+        self,
+        context_dir: Path,
+        *,
+        tag: str,
+        labels: Mapping[str, str],
+        on_log: OnLog,
+        build_id: str | None = None,
+        dockerfile: str = "Dockerfile",
+    ) -> str:
+        """Build `context_dir` (holding `dockerfile`) into an image tagged `tag`; its image id.
+
+        Each log line goes to `on_log` as the engine sends it. `labels` are added to the image
+        on top of the Dockerfile's. Raises StepFailed, BuildTimeout, EngineUnavailable or
+        BuildError; a failed build leaves no tag.
+        """
+        log = JsonLog(on_log)
+        cancel = _Canceller(time.monotonic() + self.timeout)
+        try:
+            with tempfile.TemporaryFile(prefix="envctl-context-") as archive:
+                _tar(context_dir, archive, cancel)
+                body = _DeadlineReader(archive, cancel)
+                response = self._post_build(body, tag=tag, labels=labels, dockerfile=dockerfile)
+                try:
+                    cancel.attach(response)
+                    _check_status(response, build_id, log)
+                    for chunk in response.iter_content(chunk_size=None):
+                        log.feed(chunk)
+                finally:
+                    cancel.stop()  # before the connection can go back to the pool
+                    response.close()
+        except _Expired:
+            pass  # the deadline passed while the context was archived or sent
+        except (requests.RequestException, docker.errors.DockerException, OSError) as exc:
+            if not cancel.fired:  # else it is the shutdown at the deadline ending the stream
+                raise EngineUnavailable(
+                    f"the Docker engine at {self.base_url} failed: {exc}",
+                    build_id=build_id,
+                    log_tail=log.tail(),
+                ) from exc
+        finally:
+            cancel.stop()
+        log.close()
+        # what the engine said before the deadline stands: a failure, or a finished image
+        if cancel.fired and log.error is None and log.image_id is None:
+            self._reap(log.containers, log)
+            raise BuildTimeout(
+                f"the build ran longer than {self.timeout:g} s and was cancelled",
+                build_id=build_id,
+                log_tail=log.tail(),
+            )
+        return _result(log, build_id)
+
+    def push(self, tag: str, *, auth: dict[str, str] | None, on_log: OnLog) -> str:
+        """Push `tag` to its registry; the manifest digest (`sha256:…`).
+
+        The registry writes the tag with the manifest, which the engine sends only after every
+        blob, so a failed push leaves no tag. `auth` is Docker's auth config (username and
+        password, or identitytoken); None uses the credentials stored for the docker client.
+        """
+        repository, _, name = tag.rpartition(":")
+        if not repository or "/" in name:
+            raise ValueError(f"push needs repository:tag, not {tag!r}")
+        log = JsonLog(on_log)
+        try:
+            for chunk in self._api.push(repository, tag=name, stream=True, auth_config=auth):
+                log.feed(chunk)
+        except requests.ConnectionError as exc:
+            raise EngineUnavailable(f"the Docker engine at {self.base_url}: {exc}") from exc
+        except (requests.RequestException, docker.errors.DockerException) as exc:
+            raise BuildError(f"pushing {tag} failed: {exc}", log_tail=log.tail()) from exc
+        log.close()
+        if log.error is not None:
+            raise BuildError(f"pushing {tag} failed: {log.error}", log_tail=log.tail())
+        if log.digest is None:
+            raise BuildError(f"pushing {tag} reported no digest", log_tail=log.tail())
+        return log.digest
+
+    def remove(self, tag: str) -> None:
+        """Untag `tag`, deleting the image when nothing else uses it. Never raises."""
+        # best effort: a leftover image costs disk space, not correctness
+        with contextlib.suppress(requests.RequestException, docker.errors.DockerException):
+            self._api.remove_image(tag)
+
+    def _post_build(
+        self, body: _DeadlineReader, *, tag: str, labels: Mapping[str, str], dockerfile: str
+    ) -> requests.Response:
+        params = {**self._params, "t": tag, "dockerfile": dockerfile}
+        if labels:
+            params["labels"] = json.dumps(dict(labels), sort_keys=True)
+        headers = {"Content-Type": "application/x-tar"}
+        # credentials for pulling the base image, sent the way the docker CLI sends them
+        config = docker.auth.load_config()
+        credentials = config.get_all_credentials()  # type: ignore[no-untyped-call]
+        if credentials:
+            headers["X-Registry-Config"] = docker.auth.encode_header(credentials).decode()
+        # No read timeout: a RUN may be silent for long; the _Canceller enforces the deadline.
+        return self._api.post(
+            f"{self._api.base_url}/v{API_VERSION}/build",
+            params=params,
+            data=body,
+            headers=headers,
+            stream=True,
+            timeout=(_API_TIMEOUT, None),
+        )
+
+    def _reap(self, containers: Iterable[str], log: JsonLog) -> None:
+        """Make sure a cancelled build's containers are gone.
+
+        The engine cancels a build whose client went away (it kills and removes the RUN
+        container); one still there after a grace period is removed here.
+        """
+        try:
+            for container in containers:
+                limit = time.monotonic() + _CANCEL_GRACE
+                while self._exists(container) and time.monotonic() < limit:
+                    time.sleep(0.1)
+                if self._exists(container):
+                    log.note(f"envctl: removing container {container} left by the cancelled build")
+                    with contextlib.suppress(docker.errors.NotFound):
+                        self._api.remove_container(container, force=True)
+        except (requests.RequestException, docker.errors.DockerException) as exc:
+            log.note(f"envctl: could not check that the cancelled build stopped: {exc}")
+
+    def _exists(self, container: str) -> bool:
+        try:
+            self._api.inspect_container(container)
+        except docker.errors.NotFound:
+            return False
+        return True
+
+
+def _check_status(response: requests.Response, build_id: str | None, log: JsonLog) -> None:
+    """Errors found before the build starts (bad parameters) come as an HTTP status."""
+    if response.status_code == 200:
+        return
+    try:
+        message = str(response.json().get("message", response.text))
+    except ValueError:
+        message = response.text
+    log.note(message)
+    # the engine parses the Dockerfile before answering: an invalid one fails here, every time
+    error = StepFailed if message.startswith("dockerfile parse error") else BuildError
+    raise error(f"the engine refused the build: {message}", build_id=build_id)
+
+
+def _result(log: JsonLog, build_id: str | None) -> str:
+    if log.error is not None:
+        # A step's own failure or an invalid instruction fails again with the same inputs;
+        # failing to get the base image (FROM, step 1) may not.
+        deterministic = (
+            (log.step or 0) > 1
+            or log.error_code is not None
+            or log.error.startswith("dockerfile parse error")
+        )
+        error = StepFailed if deterministic else BuildError
+        raise error(log.error, build_id=build_id, log_tail=log.tail())
+    if log.image_id is None:
+        raise EngineUnavailable(
+            "the engine ended the build without a result", build_id=build_id, log_tail=log.tail()
+        )
+    return log.image_id
+
+
+class _Expired(Exception):
+    """The deadline passed before the engine started answering."""
+
+
+class _Canceller:
+    """Cancels a build at its deadline by shutting its connection down.
+
+    Closing a socket another thread is blocked reading from neither wakes that thread nor tells
+    the engine; shutdown does both: the read returns, and the engine sees its client go, which
+    cancels the build (it kills and removes the RUN container).
+    """
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.fired = False
+        self._lock = threading.Lock()
+        self._socket: socket.socket | None = None
+        self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self.fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def check(self) -> None:
+        """Raise _Expired when past the deadline."""
+        if self.fired or time.monotonic() >= self.deadline:
+            self.fire()
+            raise _Expired
+
+    def fire(self) -> None:
+        """Cancel now."""
+        with self._lock:
+            self.fired = True
+            if self._socket is not None:
+                with contextlib.suppress(OSError):  # already closed: the build has ended
+                    self._socket.shutdown(socket.SHUT_RDWR)
+
+    def attach(self, response: requests.Response) -> None:
+        """Cancel by shutting down `response`'s connection (at once, if already past due)."""
+        with self._lock:
+            self._socket = getattr(response.raw.connection, "sock", None)
+        if self.fired:
+            self.fire()
+
+    def stop(self) -> None:
+        """The build is over: never fire, and forget the connection (it goes back to a pool)."""
+        self._timer.cancel()
+        with self._lock:
+            self._socket = None
+
+
+class _DeadlineReader:
+    """The context archive as the request body, read in blocks, refused past the deadline."""
+
+    def __init__(self, file: IO[bytes], cancel: _Canceller) -> None:
+        self._size = file.tell()
+        file.seek(0)
+        self._file = file
+        self._cancel = cancel
+
+    def __len__(self) -> int:
+        return self._size  # so requests sends a Content-Length instead of chunking
+
+    def read(self, size: int = -1) -> bytes:
+        self._cancel.check()
+        return self._file.read(size)
+
+
+def _tar(root: Path, archive: IO[bytes], cancel: _Canceller) -> None:
+    """Archive `root` as it is; no .dockerignore: the caller assembled exactly the context."""
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        for path in _walk(root):
+            cancel.check()
+            info = tar.gettarinfo(str(path), arcname=path.relative_to(root).as_posix())
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            if info.isreg():
+                with path.open("rb") as data:
+                    tar.addfile(info, data)
+            else:
+                tar.addfile(info)
+
+
+def _walk(root: Path) -> Iterator[Path]:
+    """Every path under `root`, sorted, each directory before its contents; links not followed."""
+    for folder, dirs, files in os.walk(root):
+        base = Path(folder)
+        if base != root:
+            yield base
+        links = {d for d in dirs if (base / d).is_symlink()}  # archived as links, not walked
+        dirs[:] = sorted(set(dirs) - links)
+        yield from (base / name for name in sorted([*files, *links]))
+
+
+class JsonLog:
+    """The engine's stream of JSON messages, decoded and handed to `on_log` line by line.
+
+    Keeps what the builder needs: the error, the current step, the containers the build ran,
+    the image id (build) or manifest digest (push), and the last lines.
+    """
+
+    def __init__(self, on_log: OnLog) -> None:
+        self._on_log = on_log
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._decoder = json.JSONDecoder()
+        self._pending = ""  # JSON text not decoded yet
+        self._line = ""  # the start of a log line not ended yet
+        self._tail: deque[str] = deque(maxlen=_TAIL_LINES)
+        self.error: str | None = None
+        self.error_code: int | None = None
+        self.step: int | None = None
+        self.containers: list[str] = []
+        self.image_id: str | None = None
+        self.digest: str | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        """The next bytes of the stream; messages (and UTF-8 characters) may be split anywhere."""
+        self._pending += self._utf8.decode(chunk)
+        while self._pending:
+            text = self._pending.lstrip()
+            try:
+                message, end = self._decoder.raw_decode(text)
+            except ValueError:
+                self._pending = text  # incomplete: wait for more
+                return
+            self._pending = text[end:]
+            if isinstance(message, dict):
+                self._message(message)
+
+    def close(self) -> None:
+        """The stream ended: hand over the last line even if it has no newline."""
+        if self._line:
+            line, self._line = self._line, ""
+            self._emit(line)
+
+    def note(self, text: str) -> None:
+        """Add a line of envctl's own."""
+        self.close()
+        self._emit(text)
+
+    def tail(self) -> str:
+        """The last lines of the log."""
+        return "\n".join(self._tail)
+
+    def _message(self, message: dict[str, Any]) -> None:
+        if "stream" in message:
+            lines = (self._line + str(message["stream"])).split("\n")
+            self._line = lines.pop()
+            for line in lines:
+                self._emit(line.rstrip("\r"))
+        if "status" in message and not message.get("progressDetail"):  # skip progress ticks
+            status = str(message["status"])
+            self._emit(f"{message['id']}: {status}" if message.get("id") else status)
+        if isinstance(aux := message.get("aux"), dict):
+            self.image_id = aux.get("ID", self.image_id)
+            self.digest = aux.get("Digest", self.digest)
+        if "error" in message or "errorDetail" in message:
+            detail = message.get("errorDetail") or {}
+            self.error = str(message.get("error") or detail.get("message") or message)
+            self.error_code = detail.get("code")
+            self.note(self.error)
+
+    def _emit(self, line: str) -> None:
+        line = _COLOUR.sub("", line)
+        if match := _STEP.match(line):
+            self.step = int(match.group(1))
+        elif match := _RUNNING_IN.match(line):
+            self.containers.append(match.group(1))
+        self._tail.append(line)
+        self._on_log(line)

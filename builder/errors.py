@@ -1,0 +1,58 @@
+"""Errors of the builder layer.
+
+    EnvctlError
+    └── BuildError             a build failed; carries the build id and the tail of its log
+        ├── SolveError         deterministic: the conda dependencies cannot be satisfied
+        ├── StepFailed         deterministic: an install step or a docker step failed
+        ├── BuildTimeout       the build ran longer than its limit (not remembered: load-dependent)
+        ├── EngineUnavailable  transient: the Docker engine could not be reached
+        └── ChannelUnavailable transient: a conda channel could not be reached
+
+A deterministic failure is remembered per key and returned at once to the next caller (until
+`--force-rebuild`); a transient one is retried with backoff and never remembered.
+"""
+
+from __future__ import annotations
+
+from hashing.errors import EnvctlError
+
+
+class BuildError(EnvctlError):
+    """A build failed. `deterministic` says whether the same inputs would fail again."""
+
+    deterministic = False
+
+    def __init__(self, message: str, *, build_id: str | None = None, log_tail: str = "") -> None:
+        self.message = message
+        self.build_id = build_id
+        self.log_tail = log_tail
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        where = f"build {self.build_id}: " if self.build_id else ""
+        tail = f"\n{self.log_tail.rstrip()}" if self.log_tail else ""
+        return f"{where}{self.message}{tail}"
+
+
+class SolveError(BuildError):
+    """The solver found no set of packages satisfying the spec; the message says why."""
+
+    deterministic = True
+
+
+class StepFailed(BuildError):
+    """A step of the build exited non-zero."""
+
+    deterministic = True
+
+
+class BuildTimeout(BuildError):
+    """The build ran past its time limit."""
+
+
+class EngineUnavailable(BuildError):
+    """The Docker engine could not be reached."""
+
+
+class ChannelUnavailable(BuildError):
+    """A conda channel could not be reached (transient: retried, never remembered)."""

@@ -1,0 +1,178 @@
+"""A build, start to finish: solve, install, build on the engine, push, register.
+
+    solve (py-rattler) → lock → install into .envctl/env for its in-image prefix
+    part 1: FROM base@digest, labels, the environment, ENV, pip     context: the environment only
+    part 2: FROM part 1, the spec's docker steps                     context: the user's files only
+    push (the registry writes the tag after every blob) → verify the digest → metadata
+
+The build runs in two parts because the classic builder has one context per build: were the
+environment in the user's context, a `COPY . /app` step would copy it (and our Dockerfile) into
+the image, which the key never promised. Part 2's Dockerfile is hidden the way the Docker CLI
+hides a Dockerfile from outside the context: a random name that `.dockerignore` lists, which
+the daemon then removes from the context before any step runs.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from builder.conda import install, solve
+from builder.context import copy_context
+from builder.docker import DockerBuilder, write_context
+from builder.errors import BuildError
+from builder.render import env_prefix, render
+from builder.resolve import OnEvent
+from hashing import EnvironmentSpec, EnvKey, SpecError, canonical_json
+from registry.auth import Credentials
+from registry.base import ImageRef
+from registry.metadata import EnvMetadata
+from registry.oci import OciRegistry
+from registry.store import StoreRegistry
+
+VERSION = "0.1.0"
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Where a build keeps its files, and where it finds packages."""
+
+    home: Path
+    channels: tuple[str, ...] = ()
+    credentials: Credentials | None = None
+
+
+class DockerImageBuilder:
+    """Builds a key's image on the Docker engine and registers it in the workspace registry."""
+
+    def __init__(
+        self, workspace: StoreRegistry, engine: DockerBuilder, config: BuildConfig
+    ) -> None:
+        self._workspace = workspace
+        self._engine = engine
+        self._config = config
+
+    def build(
+        self, spec: EnvironmentSpec, key: EnvKey, build_id: str, on_event: OnEvent
+    ) -> ImageRef:
+        """Build, push and register `spec`'s image; the workspace's ImageRef with `build_id`."""
+        if not isinstance(self._workspace, OciRegistry):
+            raise SpecError(
+                "builds are pushed by the Docker engine, so the workspace registry must be an "
+                f"OCI registry, not {self._workspace.address}: set ENVCTL_WORKSPACE_REGISTRY",
+                source="ENVCTL_WORKSPACE_REGISTRY",
+            )
+        started = time.monotonic()
+        folder = self._config.home / "builds" / build_id
+        log: list[str] = []
+
+        def on_log(line: str) -> None:
+            log.append(line)
+            on_event("log", line)
+
+        try:
+            lock_text = self._prepare(spec, key, folder / "environment", on_event)
+            tag = self._workspace.reference(key)
+            on_event("build", f"building {key} (build {build_id})")
+            if spec.docker_steps:
+                stage = f"envctl-build/{key}:{build_id}"
+                self._engine.build(
+                    folder / "environment",
+                    tag=stage,
+                    labels={},
+                    on_log=on_log,
+                    build_id=build_id,
+                )
+                try:
+                    steps = _steps_context(spec, stage, folder / "steps", build_id)
+                    self._engine.build(
+                        folder / "steps",
+                        tag=tag,
+                        labels={},
+                        on_log=on_log,
+                        build_id=build_id,
+                        dockerfile=steps,
+                    )
+                finally:
+                    self._engine.remove(stage)
+            else:
+                self._engine.build(
+                    folder / "environment", tag=tag, labels={}, on_log=on_log, build_id=build_id
+                )
+            on_event("push", f"pushing {tag}")
+            digest = self._engine.push(tag, auth=self._auth(), on_log=on_log)
+            hit = self._workspace.lookup(key)
+            if hit is None or hit.digest != digest:
+                raise BuildError(
+                    f"the registry holds {hit and hit.digest} for {tag}, not the pushed {digest}",
+                    build_id=build_id,
+                )
+            full = render(spec, key, lock_text, version=VERSION)
+            self._workspace.put_metadata(
+                key,
+                EnvMetadata(
+                    key=key,
+                    spec_json=canonical_json(spec),
+                    lock=lock_text,
+                    dockerfile=full.dockerfile,
+                    build_log="\n".join(log) + "\n",
+                    facts={
+                        "build_id": build_id,
+                        "builder_version": VERSION,
+                        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        "duration_seconds": round(time.monotonic() - started, 3),
+                    },
+                ),
+            )
+            self._engine.remove(tag)  # the registry has it; the engine's copy only takes disk
+            return replace(hit, build_id=build_id)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _prepare(
+        self, spec: EnvironmentSpec, key: EnvKey, target: Path, on_event: OnEvent
+    ) -> str | None:
+        """Solve and install the environment into `target`, write part 1's context there;
+        the lock text (None without conda packages)."""
+        lock_text = None
+        cache = self._config.home / "conda"
+        if spec.conda is not None and spec.conda.dependencies:
+            channels = self._config.channels or spec.conda.channels
+            on_event(
+                "solve", f"solving {len(spec.conda.dependencies)} specs on {', '.join(channels)}"
+            )
+            lock = solve(spec.conda, platform=spec.platform, channels=channels, cache_dir=cache)
+            lock_text = lock.text
+            on_event("install", f"installing {len(lock.packages)} packages")
+            context = render(replace(spec, docker_steps=()), key, lock_text, version=VERSION)
+            assert context.env_dir is not None
+            install(lock, prefix=env_prefix(key), target=target / context.env_dir, cache_dir=cache)
+        else:
+            context = render(replace(spec, docker_steps=()), key, None, version=VERSION)
+        write_context(context, target)
+        return lock_text
+
+    def _auth(self) -> dict[str, str] | None:
+        credentials = self._config.credentials
+        if credentials is None:
+            return None
+        return {"username": credentials.username, "password": credentials.password}
+
+
+def _steps_context(spec: EnvironmentSpec, stage: str, target: Path, build_id: str) -> str:
+    """Part 2's context: exactly the user's files, plus a hidden Dockerfile; returns its name."""
+    target.mkdir(parents=True)
+    if spec.context is not None:
+        copy_context(spec.context, target)
+    name = f".dockerfile.envctl-{build_id}"
+    lines = [f"FROM {stage}", *(step.dockerfile_line() for step in spec.docker_steps)]
+    (target / name).write_text("\n".join(lines) + "\n")
+    ignore = target / ".dockerignore"
+    # as the Docker CLI does for a Dockerfile from outside the context: list it in .dockerignore
+    # (and .dockerignore itself when the user has none), so the daemon removes both
+    existing = ignore.read_text() if ignore.exists() else ".dockerignore"
+    ignore.unlink(missing_ok=True)  # it may be a hard link to the user's file: never edit that
+    ignore.write_text(f"{existing}\n{name}\n")
+    return name

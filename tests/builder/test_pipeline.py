@@ -1,0 +1,193 @@
+"""Build on a miss, end to end: real channel, real engine, real registries, the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from api.cli import app
+from hashing import EnvKey
+from registry.oci import OciRegistry
+from tests.conftest import Services, docker
+
+ENVCTL = str(Path(sys.executable).parent / "envctl")
+
+
+@pytest.fixture
+def workspace(
+    services: Services, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Iterator[OciRegistry]:
+    """A fresh workspace namespace and envctl home; builds hermetic (no network in steps)."""
+    registry = OciRegistry(f"{services.workspace_registry}/build-{uuid.uuid4().hex[:12]}")
+    env = {
+        "ENVCTL_WORKSPACE_REGISTRY": registry.address,
+        "ENVCTL_HOME": str(tmp_path / "home"),
+        "ENVCTL_CHANNELS": services.channels,
+        "ENVCTL_BUILD_NETWORK": "none",
+        "DOCKER_HOST": services.docker_host,
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("ENVCTL_GLOBAL_REGISTRY", raising=False)
+    yield registry
+    registry.close()
+
+
+def _spec(folder: Path, *, steps: str, deps: str = "[envctl-greet, envctl-hello >=2]") -> Path:
+    """A spec with a context folder of two files; `steps` are its docker steps."""
+    (folder / "ctx" / "sub").mkdir(parents=True, exist_ok=True)
+    (folder / "ctx" / "greeting.txt").write_text("hello from the context\n")
+    (folder / "ctx" / "sub" / "data.txt").write_text("data\n")
+    spec = folder / f"spec-{uuid.uuid4().hex[:8]}.yml"
+    body = "".join(f"  {line}\n" for line in steps.strip().splitlines())
+    spec.write_text(
+        f"base_image: {os.environ['ENVCTL_TEST_BASE_IMAGE']}\n"
+        f"conda: {{dependencies: {deps}}}\n"
+        'variables: {GREETING: "a \\"quoted\\" $value"}\n'
+        f"context: ctx\ndocker_steps: |\n{body}"
+    )
+    return spec
+
+
+def _resolve(cli: CliRunner, spec: Path, *args: str) -> tuple[int, dict[str, str], str]:
+    result = cli.invoke(app, ["resolve", "--json", *args, str(spec)])
+    body = json.loads(result.stdout) if result.exit_code == 0 else {}
+    return result.exit_code, body, result.stderr
+
+
+def test_the_built_image_runs_with_its_environment(
+    cli: CliRunner, workspace: OciRegistry, services: Services, tmp_path: Path
+) -> None:
+    spec = _spec(tmp_path, steps="RUN envctl-hello > /etc/hello.txt\nCOPY . /app")
+    code, built, stderr = _resolve(cli, spec)
+    assert code == 0, stderr
+    assert (built["source"], built["image"]) == ("built", workspace.reference(built["key"]))
+    assert built["build_id"]
+    for stage in ("solve", "install", "build", "push"):
+        assert stage in stderr, f"progress names the {stage} stage"
+    prefix = f"/opt/envctl/envs/{built['key']}"
+    out = docker(
+        services, "run", "--rm", "--network", "none", built["image"], "sh", "-c",
+        'envctl-hello; cat /etc/hello.txt; printenv GREETING; cd /app && find . | sort',
+    )  # fmt: skip
+    assert out.splitlines() == [
+        "hello from envctl-hello 2.0",
+        prefix,  # the prefix placeholder was replaced by the in-image prefix
+        "hello from envctl-hello 2.0",  # the docker steps ran after the environment
+        prefix,
+        'a "quoted" $value',
+        ".",  # exactly the user's context: nothing of envctl's build leaked into COPY .
+        "./greeting.txt",
+        "./sub",
+        "./sub/data.txt",
+    ]
+    code, again, _ = _resolve(cli, spec)
+    assert (code, again["source"], again["digest"]) == (0, "workspace", built["digest"])
+    metadata = workspace.get_metadata(EnvKey(built["key"]))
+    assert metadata is not None
+    assert "envctl-hello" in (metadata.lock or "")
+    assert "Step 1/" in (metadata.build_log or "")
+    assert metadata.facts["build_id"] == built["build_id"]
+    docker(services, "rmi", built["image"])
+
+
+def test_an_unsolvable_spec_fails_fast_with_the_reason_and_is_remembered(
+    cli: CliRunner, workspace: OciRegistry, tmp_path: Path
+) -> None:
+    spec = _spec(tmp_path, steps="RUN true", deps="[envctl-conflict-a, envctl-conflict-b]")
+    code, _, stderr = _resolve(cli, spec)
+    assert code == 1
+    assert "envctl-conflict-a" in stderr
+    assert "envctl-hello" in stderr
+    assert "Step 1/" not in stderr, "no image work before the solve succeeds"
+    code, _, again = _resolve(cli, spec)
+    assert (code, "remembered" in again) == (1, True)
+    code, _, forced = _resolve(cli, spec, "--force-rebuild")
+    assert (code, "remembered" in forced, "envctl-conflict-a" in forced) == (1, False, True)
+
+
+def test_a_failing_step_is_remembered_with_its_log_and_leaves_no_tag(
+    cli: CliRunner, workspace: OciRegistry, tmp_path: Path
+) -> None:
+    spec = _spec(tmp_path, steps="RUN echo boom-from-the-step && false")
+    code, _, stderr = _resolve(cli, spec)
+    assert code == 1
+    assert "boom-from-the-step" in stderr
+    assert workspace.keys() == []
+    code, _, again = _resolve(cli, spec)
+    assert code == 1
+    assert "remembered" in again
+    assert "boom-from-the-step" in again, "the remembered failure keeps its log"
+
+
+def test_an_unreachable_engine_exits_3_and_is_not_remembered(
+    cli: CliRunner, workspace: OciRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = _spec(tmp_path, steps="RUN true")
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    code, _, stderr = _resolve(cli, spec)
+    assert code == 3, stderr
+    monkeypatch.undo()  # the fixture's environment again, with the real engine
+    monkeypatch.setenv("ENVCTL_WORKSPACE_REGISTRY", workspace.address)
+    monkeypatch.setenv("ENVCTL_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("ENVCTL_CHANNELS", os.environ["ENVCTL_CHANNELS"])
+    monkeypatch.setenv("ENVCTL_BUILD_NETWORK", "none")
+    code, built, stderr = _resolve(cli, spec)
+    assert (code, built.get("source")) == (0, "built"), stderr
+
+
+def _env() -> dict[str, str]:
+    return dict(os.environ)  # the fixture's settings, for envctl run as a separate process
+
+
+def test_ten_concurrent_resolves_of_a_new_spec_give_one_build(
+    workspace: OciRegistry, tmp_path: Path
+) -> None:
+    spec = _spec(tmp_path, steps=f"RUN echo {uuid.uuid4().hex} > /nonce")
+    processes = [
+        subprocess.Popen(
+            [ENVCTL, "resolve", "--json", str(spec)],
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(10)
+    ]
+    results = []
+    for process in processes:
+        out, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err
+        results.append(json.loads(out))
+    assert [r["source"] for r in results].count("built") == 1
+    assert len({r["digest"] for r in results}) == 1
+
+
+def test_a_resolve_killed_mid_build_leaves_no_tag_and_the_next_builds_cleanly(
+    workspace: OciRegistry, tmp_path: Path
+) -> None:
+    spec = _spec(tmp_path, steps="RUN echo started-sleeping && sleep 4")
+    process = subprocess.Popen(
+        [ENVCTL, "resolve", str(spec)], env=_env(), stderr=subprocess.PIPE, text=True
+    )
+    assert process.stderr is not None
+    for line in process.stderr:  # wait until the build is really running the step
+        if "started-sleeping" in line:
+            break
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert workspace.keys() == []
+    code = subprocess.run(
+        [ENVCTL, "resolve", str(spec)], env=_env(), capture_output=True, check=False, timeout=300
+    ).returncode
+    assert code == 0
+    assert len(workspace.keys()) == 1

@@ -1,0 +1,159 @@
+"""Resolve's rules: one build per key, failures remembered or retried, over a real layout registry.
+
+The builder here is a stand-in that writes a small image through the registry's primitives, so
+these tests run in milliseconds; the real builder (conda, Docker engine, push) is exercised end
+to end in tests/builder/test_pipeline.py and tests/api/test_cli_build.py.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from builder.errors import EngineUnavailable, SolveError, StepFailed
+from builder.resolve import OnEvent, Resolver, RetryPolicy
+from hashing import EnvironmentSpec, EnvKey, complete_spec, compute_key, parse_spec_text
+from registry.base import ImageRef
+from registry.layout import LayoutRegistry
+from tests.registry.images import push_image
+
+NO_WAIT = RetryPolicy(attempts=3, backoff=0.0)
+
+
+def _spec(text: str = "RUN true") -> EnvironmentSpec:
+    digest = "sha256:" + "a" * 64
+    return complete_spec(
+        parse_spec_text(f"base_image: x@{digest}\ndocker_steps: {text}\n", "spec.yml")
+    )
+
+
+@dataclass
+class StandInBuilder:
+    """Writes a tiny image for the key; counts calls; fails as told."""
+
+    registry: LayoutRegistry
+    failures: list[Exception] = field(default_factory=list)
+    calls: int = 0
+    started: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+    gate: bool = False
+
+    def build(
+        self, spec: EnvironmentSpec, key: EnvKey, build_id: str, on_event: OnEvent
+    ) -> ImageRef:
+        self.calls += 1
+        self.started.set()
+        if self.gate:
+            self.release.wait(timeout=30)
+        if self.failures:
+            raise self.failures.pop(0)
+        push_image(self.registry, key)
+        hit = self.registry.lookup(key)
+        assert hit is not None
+        return ImageRef(hit.key, hit.image, hit.digest, build_id=build_id)
+
+
+def _resolver(tmp_path: Path, **builder: object) -> tuple[Resolver, StandInBuilder]:
+    registry = LayoutRegistry(tmp_path / "registry")
+    stand_in = StandInBuilder(registry, **builder)  # type: ignore[arg-type]
+    return Resolver(registry, stand_in, state=tmp_path / "state", retry=NO_WAIT), stand_in
+
+
+def test_a_miss_builds_once_then_hits(tmp_path: Path) -> None:
+    resolver, builder = _resolver(tmp_path)
+    built = resolver.resolve(_spec())
+    assert built is not None
+    assert (built.source, builder.calls) == ("built", 1)
+    assert built.build_id
+    again = resolver.resolve(_spec())
+    assert again is not None
+    assert (again.source, again.digest, builder.calls) == ("workspace", built.digest, 1)
+
+
+def test_no_build_on_a_miss_answers_none(tmp_path: Path) -> None:
+    resolver, builder = _resolver(tmp_path)
+    assert resolver.resolve(_spec(), build=False) is None
+    assert builder.calls == 0
+
+
+def test_ten_concurrent_resolves_give_one_build(tmp_path: Path) -> None:
+    resolver, builder = _resolver(tmp_path, gate=True)
+    with ThreadPoolExecutor(10) as pool:
+        futures = [pool.submit(resolver.resolve, _spec()) for _ in range(10)]
+        assert builder.started.wait(timeout=30)
+        builder.release.set()
+        results = [f.result(timeout=60) for f in futures]
+    assert builder.calls == 1
+    assert len({r.digest for r in results if r is not None}) == 1
+    assert {r.build_id for r in results if r is not None} != {None}
+
+
+def _resolve_in_process(folder: str, counter: str) -> str:
+    """A separate process resolving the same spec; counts its builds in a file."""
+    root = Path(folder)
+    registry = LayoutRegistry(root / "registry")
+
+    class Counting(StandInBuilder):
+        def build(
+            self, spec: EnvironmentSpec, key: EnvKey, build_id: str, on_event: OnEvent
+        ) -> ImageRef:
+            with open(counter, "a") as f:
+                f.write("build\n")
+            return super().build(spec, key, build_id, on_event)
+
+    resolver = Resolver(registry, Counting(registry), state=root / "state", retry=NO_WAIT)
+    hit = resolver.resolve(_spec())
+    assert hit is not None
+    return hit.digest
+
+
+def test_concurrent_processes_give_one_build(tmp_path: Path) -> None:
+    counter = tmp_path / "builds.txt"
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(6) as pool:
+        digests = pool.starmap(_resolve_in_process, [(str(tmp_path), str(counter))] * 6)
+    assert len(set(digests)) == 1
+    assert counter.read_text().count("build") == 1
+
+
+@pytest.mark.parametrize("failure", [StepFailed("RUN false: exit 1"), SolveError("no numpy")])
+def test_a_deterministic_failure_is_remembered_until_force_rebuild(
+    tmp_path: Path, failure: Exception
+) -> None:
+    resolver, builder = _resolver(tmp_path, failures=[failure])
+    with pytest.raises(type(failure)):
+        resolver.resolve(_spec())
+    other_process_view, _ = _resolver(tmp_path)  # same state folder: remembered on disk
+    with pytest.raises(type(failure), match="remembered"):
+        other_process_view.resolve(_spec())
+    assert builder.calls == 1
+    rebuilt = resolver.resolve(_spec(), force_rebuild=True)
+    assert rebuilt is not None
+    assert (rebuilt.source, builder.calls) == ("built", 2)
+
+
+def test_a_transient_failure_is_retried_and_never_remembered(tmp_path: Path) -> None:
+    flaky = [EngineUnavailable("engine gone"), EngineUnavailable("engine gone")]
+    resolver, builder = _resolver(tmp_path, failures=flaky)
+    assert resolver.resolve(_spec()) is not None
+    assert builder.calls == 3
+
+    down, stuck = _resolver(tmp_path / "b", failures=[EngineUnavailable("down")] * 3)
+    with pytest.raises(EngineUnavailable):
+        down.resolve(_spec("RUN other"))
+    assert stuck.calls == 3
+    assert down.resolve(_spec("RUN other")) is not None, "a transient failure is not remembered"
+
+
+def test_force_rebuild_builds_even_on_a_hit(tmp_path: Path) -> None:
+    resolver, builder = _resolver(tmp_path)
+    resolver.resolve(_spec())
+    resolver.resolve(_spec(), force_rebuild=True)
+    assert builder.calls == 2
+    held = LayoutRegistry(tmp_path / "registry").keys()
+    assert compute_key(_spec()) in held
