@@ -22,6 +22,7 @@ from api.settings import Settings
 from api.specfiles import load_spec
 from builder.docker import DockerBuilder
 from builder.errors import ChannelUnavailable, EngineUnavailable
+from builder.pip import PipSource
 from builder.pipeline import BuildConfig, DockerImageBuilder
 from builder.resolve import Resolver
 from hashing import (
@@ -135,7 +136,8 @@ class _Context:
             network=s.build_network,  # type: ignore[arg-type]
         )
         self.closers.append(engine.close)
-        config = BuildConfig(s.home, s.channels, s.workspace_credentials)
+        pip_source = PipSource(s.pip_index_url, s.pip_find_links)
+        config = BuildConfig(s.home, s.channels, s.workspace_credentials, pip_source)
         builder = DockerImageBuilder(self._workspace, engine, config)
         return Resolver(registry, builder, state=s.home)
 

@@ -18,6 +18,9 @@ passed down. Environment variables win over the file.
     ENVCTL_BUILD_MEMORY            memory limit of build steps in bytes, or with k/m/g
     ENVCTL_BUILD_CPUS              CPU limit of build steps (e.g. 1.5)
     ENVCTL_BUILD_NETWORK           network of build steps: none, host or default
+    ENVCTL_PIP_INDEX_URL           the index pip requirements are resolved and fetched from
+    ENVCTL_PIP_FIND_LINKS          comma-separated folders or pages of wheels (without an index
+                                   URL, only these are used)
     DOCKER_HOST                    the Docker engine (default: the local socket)
 """
 
@@ -54,6 +57,8 @@ class Settings:
     build_cpus: float | None = None
     build_network: str = "default"
     docker_host: str | None = None
+    pip_index_url: str | None = None
+    pip_find_links: tuple[str, ...] = ()
 
     @property
     def embedded_registry(self) -> str:
@@ -85,6 +90,8 @@ class Settings:
             build_cpus=float(env["ENVCTL_BUILD_CPUS"]) if env.get("ENVCTL_BUILD_CPUS") else None,
             build_network=_network(env.get("ENVCTL_BUILD_NETWORK") or "default"),
             docker_host=env.get("DOCKER_HOST") or None,
+            pip_index_url=env.get("ENVCTL_PIP_INDEX_URL") or None,
+            pip_find_links=_list(env.get("ENVCTL_PIP_FIND_LINKS", "")),
         )
 
 

@@ -57,7 +57,7 @@ _COLOUR = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def write_context(context: BuildContext, target: Path) -> None:
-    """Write the Dockerfile and `.envctl/requirements.txt` into the build context `target`.
+    """Write the Dockerfile and the pip lock (`.envctl/pip/requirements.txt`) into `target`.
 
     The caller puts the installed environment at `context.env_dir`, and the user's context files.
     """
@@ -175,6 +175,34 @@ class DockerBuilder:
         if log.digest is None:
             raise BuildError(f"pushing {tag} reported no digest", log_tail=log.tail())
         return log.digest
+
+    def python_version(self, image: str) -> str:
+        """`MAJOR.MINOR` of the `python3` that `image` runs (pulled first if missing)."""
+        script = "import sys; print('%d.%d' % sys.version_info[:2])"
+        try:
+            try:
+                self._api.inspect_image(image)  # type: ignore[no-untyped-call]
+            except docker.errors.ImageNotFound:
+                self._api.pull(image)
+            config = self._api.create_host_config(network_mode="none")
+            container = self._api.create_container(
+                image, ["python3", "-c", script], host_config=config
+            )
+            try:
+                self._api.start(container)
+                status = self._api.wait(container, timeout=120)["StatusCode"]
+                output = self._api.logs(container, stdout=True, stderr=True).decode().strip()
+            finally:
+                self._api.remove_container(container, force=True)
+        except requests.ConnectionError as exc:
+            raise EngineUnavailable(f"the Docker engine at {self.base_url}: {exc}") from exc
+        except docker.errors.DockerException as exc:
+            raise BuildError(f"cannot run python3 on {image}: {exc}") from exc
+        if status != 0 or not re.fullmatch(r"\d+\.\d+", output):
+            raise StepFailed(
+                f"pip requirements need python3, and {image} has none that runs ({output[-300:]})"
+            )
+        return output
 
     def remove(self, tag: str) -> None:
         """Untag `tag`, deleting the image when nothing else uses it. Never raises."""

@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from builder.conda import install, solve
+from builder import pip
+from builder.conda import LockedPackage, install, solve
 from builder.context import copy_context
 from builder.docker import DockerBuilder, write_context
 from builder.errors import BuildError
-from builder.render import env_prefix, render
+from builder.pip import PipSource
+from builder.render import ENV_DIR, WHEELS_DIR, env_prefix, render
 from builder.resolve import OnEvent
 from hashing import EnvironmentSpec, EnvKey, SpecError, canonical_json
 from registry.auth import Credentials
@@ -42,6 +45,23 @@ class BuildConfig:
     home: Path
     channels: tuple[str, ...] = ()
     credentials: Credentials | None = None
+    pip: PipSource = field(default_factory=PipSource)
+
+
+@dataclass(frozen=True)
+class _Locks:
+    """What a build was installed from: the conda lock and the pip lock, each if any."""
+
+    conda: str | None = None
+    pip: str | None = None
+
+
+def _python_of(packages: Sequence[LockedPackage]) -> str | None:
+    """`MAJOR.MINOR` of the python a conda lock installs, if it installs one."""
+    for package in packages:
+        if package.name == "python":
+            return ".".join(package.version.split(".")[:2])
+    return None
 
 
 class DockerImageBuilder:
@@ -73,7 +93,7 @@ class DockerImageBuilder:
             on_event("log", line)
 
         try:
-            lock_text = self._prepare(spec, key, folder / "environment", on_event)
+            locks = self._prepare(spec, key, folder / "environment", on_event)
             tag = self._workspace.reference(key)
             on_event("build", f"building {key} (build {build_id})")
             if spec.docker_steps:
@@ -109,13 +129,14 @@ class DockerImageBuilder:
                     f"the registry holds {hit and hit.digest} for {tag}, not the pushed {digest}",
                     build_id=build_id,
                 )
-            full = render(spec, key, lock_text, version=VERSION)
+            full = render(spec, key, locks.conda, pip_lock=locks.pip, version=VERSION)
             self._workspace.put_metadata(
                 key,
                 EnvMetadata(
                     key=key,
                     spec_json=canonical_json(spec),
-                    lock=lock_text,
+                    lock=locks.conda,
+                    pip_lock=locks.pip,
                     dockerfile=full.dockerfile,
                     build_log="\n".join(log) + "\n",
                     facts={
@@ -133,26 +154,49 @@ class DockerImageBuilder:
 
     def _prepare(
         self, spec: EnvironmentSpec, key: EnvKey, target: Path, on_event: OnEvent
-    ) -> str | None:
-        """Solve and install the environment into `target`, write part 1's context there;
-        the lock text (None without conda packages)."""
-        lock_text = None
+    ) -> _Locks:
+        """Solve and install the conda environment, resolve and fetch the pip wheels, and write
+        part 1's context into `target`; the locks they were made from."""
+        locks = _Locks()
+        installed: Sequence[LockedPackage] = ()
         cache = self._config.home / "conda"
-        if spec.conda is not None and spec.conda.dependencies:
-            channels = self._config.channels or spec.conda.channels
-            on_event(
-                "solve", f"solving {len(spec.conda.dependencies)} specs on {', '.join(channels)}"
+        conda = spec.conda
+        if conda is not None and conda.dependencies:
+            channels = self._config.channels or conda.channels
+            on_event("solve", f"solving {len(conda.dependencies)} specs on {', '.join(channels)}")
+            lock = solve(conda, platform=spec.platform, channels=channels, cache_dir=cache)
+            locks, installed = _Locks(conda=lock.text), lock.packages
+            on_event("install", f"installing {len(lock.packages)} conda packages")
+            install(lock, prefix=env_prefix(key), target=target / ENV_DIR, cache_dir=cache)
+        if conda is not None and conda.pip:
+            python = _python_of(installed)
+            if python is None:  # the base image's own python3 will run pip
+                base = spec.base_image
+                python = self._engine.python_version(f"{base.name}@{base.digest}")
+            on_event("solve", f"resolving {len(conda.pip)} pip requirements for python {python}")
+            source, platform = self._config.pip, spec.platform
+            pip_lock = pip.resolve(
+                conda.pip,
+                conda.pip_options,
+                python_version=python,
+                platform=platform,
+                source=source,
+                work=target.parent / "pip",
             )
-            lock = solve(spec.conda, platform=spec.platform, channels=channels, cache_dir=cache)
-            lock_text = lock.text
-            on_event("install", f"installing {len(lock.packages)} packages")
-            context = render(replace(spec, docker_steps=()), key, lock_text, version=VERSION)
-            assert context.env_dir is not None
-            install(lock, prefix=env_prefix(key), target=target / context.env_dir, cache_dir=cache)
-        else:
-            context = render(replace(spec, docker_steps=()), key, None, version=VERSION)
+            on_event("install", f"fetching {len(pip_lock.names)} pinned wheels")
+            pip.download(
+                pip_lock,
+                python_version=python,
+                platform=platform,
+                source=source,
+                target=target / WHEELS_DIR,
+            )
+            locks = _Locks(conda=locks.conda, pip=pip_lock.text)
+        context = render(
+            replace(spec, docker_steps=()), key, locks.conda, pip_lock=locks.pip, version=VERSION
+        )
         write_context(context, target)
-        return lock_text
+        return locks
 
     def _auth(self) -> dict[str, str] | None:
         credentials = self._config.credentials

@@ -7,8 +7,8 @@
       COPY .envctl/env /opt/envctl/envs/KEY    the conda environment, installed at its final
       ENV PATH=…/KEY/bin:$PATH CONDA_PREFIX=…    prefix outside the build (when it has packages)
       ENV NAME="value" …                       the spec's variables, quoted to arrive exactly
-      COPY .envctl/requirements.txt …          pip requirements (when there are any)
-      RUN python3 -m pip install --no-deps …
+      COPY .envctl/pip …                       the pip lock and its wheels (when there are any)
+      RUN python3 -m pip install --no-deps --no-index …   offline, exactly the lock
       <docker steps>                           each step's canonical text
 
 Nothing here reads a file, the clock or the environment: the same inputs give byte-identical
@@ -31,8 +31,14 @@ DEFAULT_PREFIX_ROOT = "/opt/envctl/envs"
 ENV_DIR = ".envctl/env"
 """Where the caller puts the installed conda environment in the build context."""
 
-REQUIREMENTS_FILE = ".envctl/requirements.txt"
-"""Where `write_context` puts the pip requirements in the build context."""
+PIP_DIR = ".envctl/pip"
+"""Where the pip lock (`requirements.txt`) and its wheels (`wheels/`) go in the build context."""
+
+REQUIREMENTS_FILE = f"{PIP_DIR}/requirements.txt"
+"""Where `write_context` puts the pip lock in the build context."""
+
+WHEELS_DIR = f"{PIP_DIR}/wheels"
+"""Where the caller puts the pinned wheels in the build context."""
 
 # When the base image sets no PATH (`docker import` images, FROM scratch), `$PATH` would expand
 # to nothing and leave a trailing `:` (the current directory) on the PATH; this is Docker's default.
@@ -53,7 +59,7 @@ class BuildContext:
 
     `dockerfile` is the Dockerfile text; `env_dir` the folder of the build context that must hold
     the installed conda environment (None without conda packages); `pip_requirements` the text
-    of `.envctl/requirements.txt` (None without pip requirements); `labels` the image's labels,
+    of the pip lock, `.envctl/pip/requirements.txt` (None without pip); `labels` the image's labels,
     sorted (also written in the Dockerfile).
     """
 
@@ -73,6 +79,7 @@ def render(
     key: EnvKey,
     lock_text: str | None,
     *,
+    pip_lock: str | None = None,
     prefix_root: str = DEFAULT_PREFIX_ROOT,
     version: str,
 ) -> BuildContext:
@@ -94,7 +101,7 @@ def render(
         raise ValueError("a lock was given for a spec without conda packages")
     if not _PLAIN_PATH.match(prefix_root):
         raise ValueError(f"the prefix root must be a plain absolute path: {prefix_root!r}")
-    labels = _labels(spec, key, lock_text, version)
+    labels = _labels(spec, key, lock_text, pip_lock, version)
     lines = [f"FROM --platform={spec.platform} {base.name}@{base.digest}", _pairs("LABEL", labels)]
     prefix = env_prefix(key, prefix_root)
     if has_packages:
@@ -105,28 +112,32 @@ def render(
         )
     if spec.variables:  # values that no Dockerfile can write were refused when parsed
         lines.append(_pairs("ENV", spec.variables))
-    requirements = _requirements(spec)
-    if requirements is not None:
-        target = f"{prefix}.requirements.txt"
-        lines.append(f"COPY {REQUIREMENTS_FILE} {target}")
+    has_pip = spec.conda is not None and bool(spec.conda.pip)
+    if has_pip != (pip_lock is not None):
+        raise ValueError("a pip lock is needed exactly when the spec has pip requirements")
+    if pip_lock is not None:
+        target = f"{prefix}.pip"
+        lines.append(f"COPY {PIP_DIR} {target}")
+        # Installs exactly the lock, offline: the resolution happened when the lock was made.
         # `python3`: the environment's own when it has python (its bin/ is first on PATH), the
         # base's otherwise; `python` alone is missing on Debian-like bases, whose python also
         # refuses pip installs (PEP 668) unless told that this image is the environment.
         lines.append(
-            "RUN PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-deps --no-cache-dir "
-            f"--disable-pip-version-check -r {target}"
+            "RUN PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-deps --no-index "
+            "--require-hashes --no-cache-dir --disable-pip-version-check "
+            f"--find-links {target}/wheels -r {target}/requirements.txt"
         )
     lines.extend(step.dockerfile_line() for step in spec.docker_steps)
     return BuildContext(
         dockerfile="\n".join(lines) + "\n",
         env_dir=ENV_DIR if has_packages else None,
-        pip_requirements=requirements,
+        pip_requirements=pip_lock,
         labels=labels,
     )
 
 
 def _labels(
-    spec: EnvironmentSpec, key: EnvKey, lock_text: str | None, version: str
+    spec: EnvironmentSpec, key: EnvKey, lock_text: str | None, pip_lock: str | None, version: str
 ) -> tuple[tuple[str, str], ...]:
     base = spec.base_image
     labels = {
@@ -140,14 +151,9 @@ def _labels(
     }
     if lock_text is not None:
         labels["org.envctl.conda-lock.sha256"] = hashlib.sha256(lock_text.encode()).hexdigest()
+    if pip_lock is not None:
+        labels["org.envctl.pip-lock.sha256"] = hashlib.sha256(pip_lock.encode()).hexdigest()
     return tuple(sorted(labels.items()))
-
-
-def _requirements(spec: EnvironmentSpec) -> str | None:
-    """requirements.txt: pip's options first, in their order, then the sorted requirements."""
-    if spec.conda is None or not spec.conda.pip:
-        return None
-    return "".join(f"{line}\n" for line in (*spec.conda.pip_options, *spec.conda.pip))
 
 
 def _pairs(instruction: str, pairs: Iterable[tuple[str, str]]) -> str:

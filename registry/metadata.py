@@ -3,7 +3,7 @@
 It travels as an OCI artifact under tag `KEY.meta`, in the layout `oras` writes (one layer per
 file, named by `org.opencontainers.image.title`), so `oras pull REGISTRY/NS/env:KEY.meta` gives
 the files back: spec.json (the canonical inputs), conda-lock.yml, Dockerfile, build.log and
-facts.json (when, how long, which builder).
+facts.json (when, how long, which builder), and pip.lock.txt when there are pip packages.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ TITLE = "org.opencontainers.image.title"
 _FILES = {
     "spec.json": ("spec_json", "application/vnd.envctl.spec.v1+json"),
     "conda-lock.yml": ("lock", "application/vnd.envctl.conda-lock.v1+yaml"),
+    "pip.lock.txt": ("pip_lock", "application/vnd.envctl.pip-lock.v1+txt"),
     "Dockerfile": ("dockerfile", "application/vnd.envctl.dockerfile.v1"),
     "build.log": ("build_log", "text/plain"),
 }
@@ -36,6 +37,7 @@ class EnvMetadata:
     key: EnvKey
     spec_json: str
     lock: str | None = None
+    pip_lock: str | None = None
     dockerfile: str | None = None
     build_log: str | None = None
     facts: Mapping[str, Any] = field(default_factory=dict)
@@ -69,6 +71,7 @@ class EnvMetadata:
             "key": self.key,
             "spec": json.loads(self.spec_json) if self.spec_json else None,
             "lock": self.lock,
+            "pip_lock": self.pip_lock,
             "dockerfile": self.dockerfile,
             "build_log": self.build_log,
             "facts": dict(self.facts),

@@ -363,4 +363,4 @@ def test_write_context_writes_the_dockerfile_and_requirements(tmp_path: Path) ->
     context = BuildContext("FROM x\n", ".envctl/env", "numpy==2\n", ())
     write_context(context, tmp_path / "ctx")
     assert (tmp_path / "ctx" / "Dockerfile").read_text() == "FROM x\n"
-    assert (tmp_path / "ctx" / ".envctl" / "requirements.txt").read_text() == "numpy==2\n"
+    assert (tmp_path / "ctx" / ".envctl" / "pip" / "requirements.txt").read_text() == "numpy==2\n"

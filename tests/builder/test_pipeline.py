@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from typer.testing import CliRunner
 from api.cli import app
 from hashing import EnvKey
 from registry.oci import OciRegistry
-from tests.conftest import Services, docker
+from tests.conftest import FIXTURES, Services, docker
 
 ENVCTL = str(Path(sys.executable).parent / "envctl")
 
@@ -191,3 +192,43 @@ def test_a_resolve_killed_mid_build_leaves_no_tag_and_the_next_builds_cleanly(
     ).returncode
     assert code == 0
     assert len(workspace.keys()) == 1
+
+
+def test_pip_requirements_install_from_a_pinned_resolution(
+    cli: CliRunner,
+    workspace: OciRegistry,
+    services: Services,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sources = tmp_path / "pip-sources"
+    shutil.copytree(FIXTURES / "pip", sources)  # building writes into the source folders
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+         "-w", str(wheels), str(sources / "envctl-pydep"), str(sources / "envctl-pyhello")],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    monkeypatch.setenv("ENVCTL_PIP_FIND_LINKS", str(wheels))
+    spec = tmp_path / "pip.yml"
+    spec.write_text(
+        f"base_image: {services.python_image}\n"
+        "conda: {dependencies: [envctl-hello, {pip: [Envctl_PyHello>=2]}]}\n"
+        "docker_steps: |\n"
+        '  RUN python3 -c "import envctl_pyhello as m; print(m.hello())" > /etc/pyhello.txt\n'
+    )
+    code, built, stderr = _resolve(cli, spec)
+    assert code == 0, stderr
+    out = docker(services, "run", "--rm", "--network", "none", built["image"], "sh", "-c",
+                 "cat /etc/pyhello.txt; envctl-hello | head -1")  # fmt: skip
+    assert out.splitlines() == [
+        "hello from envctl-pyhello 2.0 (pinned)",  # its dependency came from the resolution
+        "hello from envctl-hello 2.0",
+    ]
+    metadata = workspace.get_metadata(EnvKey(built["key"]))
+    assert metadata is not None
+    pins = (metadata.pip_lock or "").splitlines()
+    assert [pin.split(" ")[0] for pin in pins] == ["envctl-pydep==1.0", "envctl-pyhello==2.0"]
+    assert all("--hash=sha256:" in pin for pin in pins)
+    assert "--no-deps --no-index --require-hashes" in (metadata.dockerfile or "")
+    docker(services, "rmi", built["image"])

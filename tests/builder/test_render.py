@@ -41,6 +41,14 @@ UPDATE = os.environ.get("ENVCTL_UPDATE_SNAPSHOTS") == "1"
 DIGEST = "sha256:" + "ab" * 32
 LOCK = "version: 1\nmetadata: {}\npackage: []\n"  # only its sha256 reaches the Dockerfile
 VERSION = "0.1.0"
+PIP_LOCK = (
+    f"requests==2.32.3 --hash=sha256:{'c' * 64}\nscikit-learn==1.5.0 --hash=sha256:{'d' * 64}\n"
+)
+
+
+def _pip_lock(spec: EnvironmentSpec) -> str | None:
+    """The pip lock a build would pass: the resolution of the spec's pip requirements."""
+    return PIP_LOCK if spec.conda is not None and spec.conda.pip else None
 
 
 def _spec(text: str, **files: Any) -> EnvironmentSpec:
@@ -121,7 +129,7 @@ CASES: dict[str, tuple[EnvironmentSpec, str | None]] = {
 
 def _render(name: str) -> BuildContext:
     spec, lock = CASES[name]
-    return render(spec, compute_key(spec), lock, version=VERSION)
+    return render(spec, compute_key(spec), lock, pip_lock=_pip_lock(spec), version=VERSION)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -155,9 +163,7 @@ def test_the_context_shape_follows_the_spec() -> None:
     assert (plain.env_dir, plain.pip_requirements) == (None, None)
     full = _render("conda-pip-variables-steps")
     assert full.env_dir == ".envctl/env"
-    assert full.pip_requirements == (
-        "--extra-index-url=https://pypi.example.com/simple\nrequests>=2.31\nscikit-learn==1.5.0\n"
-    )
+    assert full.pip_requirements == PIP_LOCK
     spec, _ = CASES["conda-pip-variables-steps"]
     labels = dict(full.labels)
     assert labels["org.envctl.key"] == compute_key(spec)
@@ -217,10 +223,13 @@ def test_a_label_value_that_cannot_be_written_is_refused() -> None:
 
 def test_pip_without_conda_packages_uses_the_base_python() -> None:
     spec = _spec(f"base_image: python@{DIGEST}\nconda: {{dependencies: [{{pip: [rich]}}]}}\n")
-    context = render(spec, compute_key(spec), None, version=VERSION)
-    assert (context.env_dir, context.pip_requirements) == (None, "rich\n")
+    pins = f"rich==13.0.0 --hash=sha256:{'e' * 64}\n"
+    context = render(spec, compute_key(spec), None, pip_lock=pins, version=VERSION)
+    assert (context.env_dir, context.pip_requirements) == (None, pins)
     assert "COPY .envctl/env" not in context.dockerfile
     assert "RUN PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-deps" in context.dockerfile
+    with pytest.raises(ValueError, match="pip lock"):
+        render(spec, compute_key(spec), None, version=VERSION)
 
 
 def test_an_odd_prefix_root_is_refused() -> None:
@@ -265,7 +274,9 @@ def test_render_does_no_io_and_reads_no_clock_or_environment(
 ) -> None:
     spec, lock = CASES["conda-pip-variables-steps"]
     key = compute_key(spec)
-    expected = render(spec, key, lock, version=VERSION)  # warm: imports may open files
+    expected = render(
+        spec, key, lock, pip_lock=_pip_lock(spec), version=VERSION
+    )  # warm: imports may open files
     import time
 
     for clock in ("time", "time_ns", "monotonic", "perf_counter", "localtime", "gmtime"):
@@ -273,7 +284,7 @@ def test_render_does_no_io_and_reads_no_clock_or_environment(
     monkeypatch.setattr(os, "environ", _Tripwire())
     monkeypatch.setattr(os, "getenv", _forbidden("os.getenv"))
     with _audited() as events:
-        again = render(spec, key, lock, version=VERSION)
+        again = render(spec, key, lock, pip_lock=_pip_lock(spec), version=VERSION)
     assert events == []
     assert again == expected
     imported = {getattr(v, "__name__", "") for v in vars(render_module).values()}
