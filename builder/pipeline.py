@@ -14,9 +14,10 @@ the daemon then removes from the context before any step runs.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -96,31 +97,7 @@ class DockerImageBuilder:
             locks = self._prepare(spec, key, folder / "environment", on_event)
             tag = self._workspace.reference(key)
             on_event("build", f"building {key} (build {build_id})")
-            if spec.docker_steps:
-                stage = f"envctl-build/{key}:{build_id}"
-                self._engine.build(
-                    folder / "environment",
-                    tag=stage,
-                    labels={},
-                    on_log=on_log,
-                    build_id=build_id,
-                )
-                try:
-                    steps = _steps_context(spec, stage, folder / "steps", build_id)
-                    self._engine.build(
-                        folder / "steps",
-                        tag=tag,
-                        labels={},
-                        on_log=on_log,
-                        build_id=build_id,
-                        dockerfile=steps,
-                    )
-                finally:
-                    self._engine.remove(stage)
-            else:
-                self._engine.build(
-                    folder / "environment", tag=tag, labels={}, on_log=on_log, build_id=build_id
-                )
+            self._build_image(spec, key, build_id, folder, tag, on_log)
             on_event("push", f"pushing {tag}")
             digest = self._engine.push(tag, auth=self._auth(), on_log=on_log)
             hit = self._workspace.lookup(key)
@@ -129,28 +106,40 @@ class DockerImageBuilder:
                     f"the registry holds {hit and hit.digest} for {tag}, not the pushed {digest}",
                     build_id=build_id,
                 )
-            full = render(spec, key, locks.conda, pip_lock=locks.pip, version=VERSION)
-            self._workspace.put_metadata(
-                key,
-                EnvMetadata(
-                    key=key,
-                    spec_json=canonical_json(spec),
-                    lock=locks.conda,
-                    pip_lock=locks.pip,
-                    dockerfile=full.dockerfile,
-                    build_log="\n".join(log) + "\n",
-                    facts={
-                        "build_id": build_id,
-                        "builder_version": VERSION,
-                        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                        "duration_seconds": round(time.monotonic() - started, 3),
-                    },
-                ),
-            )
+            facts = {
+                "build_id": build_id,
+                "builder_version": VERSION,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "duration_seconds": round(time.monotonic() - started, 3),
+            }
+            self._workspace.put_metadata(key, _metadata(spec, key, locks, log, facts))
             self._engine.remove(tag)  # the registry has it; the engine's copy only takes disk
             return replace(hit, build_id=build_id)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+
+    def _build_image(
+        self,
+        spec: EnvironmentSpec,
+        key: EnvKey,
+        build_id: str,
+        folder: Path,
+        tag: str,
+        on_log: Callable[[str], None],
+    ) -> None:
+        """Part 1 (the environment) tagged `tag`, or, when the spec has docker steps, part 1 as
+        a stage and part 2 (the steps) on top of it tagged `tag`."""
+        build = functools.partial(self._engine.build, labels={}, on_log=on_log, build_id=build_id)
+        if not spec.docker_steps:
+            build(folder / "environment", tag=tag)
+            return
+        stage = f"envctl-build/{key}:{build_id}"
+        build(folder / "environment", tag=stage)
+        try:
+            dockerfile = _steps_context(spec, stage, folder / "steps", build_id)
+            build(folder / "steps", tag=tag, dockerfile=dockerfile)
+        finally:
+            self._engine.remove(stage)
 
     def _prepare(
         self, spec: EnvironmentSpec, key: EnvKey, target: Path, on_event: OnEvent
@@ -203,6 +192,21 @@ class DockerImageBuilder:
         if credentials is None:
             return None
         return {"username": credentials.username, "password": credentials.password}
+
+
+def _metadata(
+    spec: EnvironmentSpec, key: EnvKey, locks: _Locks, log: list[str], facts: dict[str, object]
+) -> EnvMetadata:
+    """What is stored with the image: the canonical spec, the locks, the whole Dockerfile."""
+    return EnvMetadata(
+        key=key,
+        spec_json=canonical_json(spec),
+        lock=locks.conda,
+        pip_lock=locks.pip,
+        dockerfile=render(spec, key, locks.conda, pip_lock=locks.pip, version=VERSION).dockerfile,
+        build_log="\n".join(log) + "\n",
+        facts=facts,
+    )
 
 
 def _steps_context(spec: EnvironmentSpec, stage: str, target: Path, build_id: str) -> str:
