@@ -41,6 +41,7 @@ import requests
 
 from builder.errors import BuildError, BuildTimeout, EngineUnavailable, StepFailed
 from builder.render import REQUIREMENTS_FILE, BuildContext
+from registry.errors import RegistryUnavailable
 
 API_VERSION = "1.41"
 Network = Literal["none", "host", "default"]
@@ -67,6 +68,10 @@ def write_context(context: BuildContext, target: Path) -> None:
         requirements = target / REQUIREMENTS_FILE
         requirements.parent.mkdir(parents=True, exist_ok=True)
         requirements.write_text(context.pip_requirements)
+
+
+# How the engine words a registry it cannot reach, in its push stream.
+_UNREACHABLE = ("connection refused", "no such host", "i/o timeout", "connection reset")
 
 
 class DockerBuilder:
@@ -171,7 +176,13 @@ class DockerBuilder:
             raise BuildError(f"pushing {tag} failed: {exc}", log_tail=log.tail()) from exc
         log.close()
         if log.error is not None:
-            raise BuildError(f"pushing {tag} failed: {log.error}", log_tail=log.tail())
+            message = f"pushing {tag} failed: {log.error}"
+            if any(sign in log.error for sign in _UNREACHABLE):
+                # the engine reports the registry's absence inside its stream, not as an error
+                # of ours: it is the registry that is unavailable (transient, exit code 3)
+                registry = repository.split("/", 1)[0]
+                raise RegistryUnavailable(message, endpoint=registry)
+            raise BuildError(message, log_tail=log.tail())
         if log.digest is None:
             raise BuildError(f"pushing {tag} reported no digest", log_tail=log.tail())
         return log.digest

@@ -198,7 +198,8 @@ class Resolver:
             delay = next(delays, None)
             if delay is None:
                 raise error
-            emit("retry", f"{error}; retrying in {delay:.1f} s")
+            reason = error.message if isinstance(error, BuildError | RegistryError) else error
+            emit("retry", f"{reason}; retrying in {delay:.1f} s")
             time.sleep(delay)  # backoff between attempts, not synchronisation
 
     @contextmanager

@@ -176,13 +176,14 @@ def test_ten_concurrent_resolves_of_a_new_spec_give_one_build(
 def test_a_resolve_killed_mid_build_leaves_no_tag_and_the_next_builds_cleanly(
     workspace: OciRegistry, tmp_path: Path
 ) -> None:
-    spec = _spec(tmp_path, steps="RUN echo started-sleeping && sleep 4")
+    # the marker is printed by the running step only, not by the engine's `Step 2/2 : RUN …` echo
+    spec = _spec(tmp_path, steps="RUN printf 'step %s\\n' running && sleep 4")
     process = subprocess.Popen(
         [ENVCTL, "resolve", str(spec)], env=_env(), stderr=subprocess.PIPE, text=True
     )
     assert process.stderr is not None
     for line in process.stderr:  # wait until the build is really running the step
-        if "started-sleeping" in line:
+        if "step running" in line:
             break
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
