@@ -34,6 +34,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy bench/hash
 	$(BIN)/mypy scripts/build-channel
 	$(BIN)/mypy bench/lookup
+	$(BIN)/mypy bench/build
 
 pytest: $(STAMP) services
 	@$(SERVICES_ENV) && $(BIN)/pytest
@@ -43,6 +44,7 @@ test: lint typecheck pytest
 bench: $(STAMP) services
 	@$(SERVICES_ENV) && $(BIN)/python bench/hash
 	@$(SERVICES_ENV) && $(BIN)/python bench/lookup
+	@$(SERVICES_ENV) && $(BIN)/python bench/build
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -97,7 +97,7 @@ class DockerImageBuilder:
             locks = self._prepare(spec, key, folder / "environment", on_event)
             tag = self._workspace.reference(key)
             on_event("build", f"building {key} (build {build_id})")
-            self._build_image(spec, key, build_id, folder, tag, on_log)
+            self._build_image(spec, key, build_id, folder, tag, locks, on_log)
             on_event("push", f"pushing {tag}")
             digest = self._engine.push(tag, auth=self._auth(), on_log=on_log)
             hit = self._workspace.lookup(key)
@@ -125,13 +125,17 @@ class DockerImageBuilder:
         build_id: str,
         folder: Path,
         tag: str,
+        locks: _Locks,
         on_log: Callable[[str], None],
     ) -> None:
-        """Part 1 (the environment) tagged `tag`, or, when the spec has docker steps, part 1 as
-        a stage and part 2 (the steps) on top of it tagged `tag`."""
+        """The image, tagged `tag`: in one build when no step reads the build context, else
+        part 1 (the environment) as a stage and part 2 (the steps) on top of it."""
         build = functools.partial(self._engine.build, labels={}, on_log=on_log, build_id=build_id)
-        if not spec.docker_steps:
-            build(folder / "environment", tag=tag)
+        if not _reads_context(spec):  # nothing can see envctl's files: one build will do
+            environment = folder / "environment"
+            full = render(spec, key, locks.conda, pip_lock=locks.pip, version=VERSION)
+            (environment / "Dockerfile").write_text(full.dockerfile)
+            build(environment, tag=tag)
             return
         stage = f"envctl-build/{key}:{build_id}"
         build(folder / "environment", tag=stage)
@@ -206,6 +210,15 @@ def _metadata(
         dockerfile=render(spec, key, locks.conda, pip_lock=locks.pip, version=VERSION).dockerfile,
         build_log="\n".join(log) + "\n",
         facts=facts,
+    )
+
+
+def _reads_context(spec: EnvironmentSpec) -> bool:
+    """True when a docker step may read the build context (COPY or ADD, but not `--from`)."""
+    return any(
+        step.instruction in ("COPY", "ADD")
+        and not any(flag.startswith("--from=") for flag in step.flags)
+        for step in spec.docker_steps
     )
 
 

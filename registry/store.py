@@ -181,8 +181,9 @@ class StoreRegistry(ABC):
         self.delete_tag(key)
 
     def _put_bytes(self, descriptor: Descriptor, data: bytes) -> None:
-        if not self.has_blob(descriptor.digest):
-            self.put_blob(descriptor, iter((data,)))
+        # no existence check first: uploading a small blob again is harmless and costs no more
+        # than asking whether it is there
+        self.put_blob(descriptor, iter((data,)))
 
 
 def copy_tag(source: StoreRegistry, target: StoreRegistry, tag: str) -> Manifest:
