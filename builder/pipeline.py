@@ -14,6 +14,7 @@ the daemon then removes from the context before any step runs.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import shutil
 import time
@@ -86,7 +87,9 @@ class DockerImageBuilder:
                 source="ENVCTL_WORKSPACE_REGISTRY",
             )
         started = time.monotonic()
-        folder = self._config.home / "builds" / build_id
+        builds = self._config.home / "builds"
+        _sweep(builds, older_than=self._engine.timeout + 3600)
+        folder = builds / build_id
         log: list[str] = []
 
         def on_log(line: str) -> None:
@@ -211,6 +214,18 @@ def _metadata(
         build_log="\n".join(log) + "\n",
         facts=facts,
     )
+
+
+def _sweep(builds: Path, *, older_than: float) -> None:
+    """Remove build folders left by processes that were killed mid-build: any folder older than
+    the longest a build may run cannot belong to a running build."""
+    if not builds.is_dir():
+        return
+    deadline = time.time() - older_than
+    for folder in builds.iterdir():
+        with contextlib.suppress(OSError):  # another process may be sweeping it too
+            if folder.stat().st_mtime < deadline:
+                shutil.rmtree(folder)
 
 
 def _reads_context(spec: EnvironmentSpec) -> bool:

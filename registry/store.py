@@ -101,7 +101,10 @@ class StoreRegistry(ABC):
         found = self.resolve(key)
         if found is None:
             return None  # never remembered: the image may be pushed a moment from now
-        hit = ImageRef(key, self.reference(key), found.digest)
+        return self._remember(key, found.digest)
+
+    def _remember(self, key: EnvKey, digest: str) -> ImageRef:
+        hit = ImageRef(key, self.reference(key), digest)
         with self._hits_lock:
             self._hits[key] = hit
         return hit
@@ -161,13 +164,10 @@ class StoreRegistry(ABC):
 
     def copy_from(self, source: StoreRegistry, key: EnvKey) -> ImageRef:
         """Copy `key`'s image, then its metadata if it has some, from `source` into here."""
-        copy_tag(source, self, key)
+        manifest = copy_tag(source, self, key)  # verified there by digest: a confirmed hit
         if source.resolve(key + META_SUFFIX) is not None:
             copy_tag(source, self, key + META_SUFFIX)
-        hit = self.lookup(key)
-        if hit is None:  # we just wrote it: a registry that loses it is broken, not a miss
-            raise RegistryError("copied image is not there", endpoint=self.reference(key))
-        return hit
+        return self._remember(key, manifest.digest)
 
     def keys(self) -> list[EnvKey]:
         """Every key with an image here (metadata tags and foreign tags are skipped)."""

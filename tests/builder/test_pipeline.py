@@ -16,6 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from api.cli import app
+from builder.pipeline import _sweep
 from hashing import EnvKey
 from registry.oci import OciRegistry
 from tests.conftest import FIXTURES, Services, docker
@@ -233,3 +234,12 @@ def test_pip_requirements_install_from_a_pinned_resolution(
     assert all("--hash=sha256:" in pin for pin in pins)
     assert "--no-deps --no-index --require-hashes" in (metadata.dockerfile or "")
     docker(services, "rmi", built["image"])
+
+
+def test_build_folders_left_by_killed_builds_are_swept(tmp_path: Path) -> None:
+    builds = tmp_path / "builds"
+    (builds / "stale" / "environment").mkdir(parents=True)
+    (builds / "running").mkdir()
+    os.utime(builds / "stale", (0, 0))
+    _sweep(builds, older_than=3600)
+    assert [p.name for p in builds.iterdir()] == ["running"]
