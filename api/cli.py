@@ -6,11 +6,12 @@ Exit codes, one table for every command (`EXIT_CODES`):
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,6 +19,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from api import views
+from api.prewarm import prewarm, summary
 from api.settings import Settings
 from api.specfiles import load_spec
 from builder.docker import DockerBuilder
@@ -33,15 +36,13 @@ from hashing import (
     InvalidReference,
     SpecError,
     SpecFormat,
-    canonical_inputs,
     compute_key,
     is_key,
     parse_image,
 )
-from hashing.explain import describe, diff
 from registry import DigestResolver, ImageNotFound, RegistryUnavailable
 from registry.auth import Credentials
-from registry.base import Registry
+from registry.base import ImageRef, Registry
 from registry.open import open_registry, open_tiers
 from registry.store import StoreRegistry
 
@@ -249,65 +250,11 @@ def explain_command(
     except EnvctlError as exc:
         raise typer.Exit(_fail(exc)) from None
     if right is None:
-        _explain_one(spec, left, left_key, as_json)
+        views.explain_one(out, spec, left, left_key, as_json)
     else:
         assert right_key is not None
         assert other is not None
-        _explain_two((spec, left, left_key), (other, right, right_key), as_json)
-
-
-def _explain_one(path: str, spec: EnvironmentSpec, key: EnvKey, as_json: bool) -> None:
-    if as_json:
-        body = {"spec": path, "key": key, "pinned": spec.base_image.pinned}
-        print(json.dumps({**body, "inputs": canonical_inputs(spec)}, indent=2))
-        return
-    out.print(f"[bold]{key}[/bold]  {escape(path)}")
-    for name, lines in describe(spec):
-        label = f"[cyan]{name}[/cyan]"
-        if not lines:
-            out.print(f"  {label}: [dim](none)[/dim]")
-        elif len(lines) == 1 and name in ("base_image", "platform"):
-            out.print(f"  {label}: {escape(lines[0])}")
-        else:
-            out.print(f"  {label}:")
-            for line in lines:
-                out.print(f"    {escape(line)}")
-
-
-def _explain_two(
-    left: tuple[str, EnvironmentSpec, EnvKey],
-    right: tuple[str, EnvironmentSpec, EnvKey],
-    as_json: bool,
-) -> None:
-    (lpath, lspec, lkey), (rpath, rspec, rkey) = left, right
-    differences = diff(lspec, rspec)
-    if as_json:
-        print(
-            json.dumps(
-                {
-                    "same_key": lkey == rkey,
-                    "left": {"spec": lpath, "key": lkey},
-                    "right": {"spec": rpath, "key": rkey},
-                    "differences": [
-                        {"input": d.input, "left": list(d.left), "right": list(d.right)}
-                        for d in differences
-                    ],
-                },
-                indent=2,
-            )
-        )
-        return
-    if lkey == rkey:
-        out.print(f"same key {lkey}")
-        return
-    out.print(f"[red]-[/red] {lkey}  {escape(lpath)}")
-    out.print(f"[green]+[/green] {rkey}  {escape(rpath)}")
-    for d in differences:
-        out.print(f"  [cyan]{d.input}[/cyan]:")
-        for line in d.left:
-            out.print(f"    [red]- {escape(line)}[/red]")
-        for line in d.right:
-            out.print(f"    [green]+ {escape(line)}[/green]")
+        views.explain_two(out, (spec, left, left_key), (other, right, right_key), as_json)
 
 
 @app.command("resolve")
@@ -331,7 +278,10 @@ def resolve_command(
     try:
         env_spec, key = _keyed(c, spec, resolve=True, base_image=base_image, fmt=fmt)
         hit = c.images().resolve(
-            env_spec, build=not no_build, force_rebuild=force_rebuild, on_event=_progress
+            env_spec,
+            build=not no_build,
+            force_rebuild=force_rebuild,
+            on_event=functools.partial(views.progress, err),
         )
     except EnvctlError as exc:
         raise typer.Exit(_fail(exc)) from None
@@ -346,12 +296,62 @@ def resolve_command(
         err.print(f"{hit.source}{built}: {hit.digest}")
 
 
-def _progress(stage: str, message: str) -> None:
-    """Resolve's progress on stderr: stages bold, the build log as it streams."""
-    if stage == "log":
-        err.print(f"  {escape(message)}", style="dim")
+@app.command("prewarm")
+def prewarm_command(
+    ctx: typer.Context,
+    specs: Annotated[list[str], typer.Argument(help="Spec files.", metavar="SPEC")],
+    concurrency: Annotated[int, typer.Option(help="Specs resolved at the same time.", min=1)] = 4,
+    to_global: Annotated[
+        bool,
+        typer.Option("--global", help="Build into the global registry (needs its credentials)."),
+    ] = False,
+    as_json: JsonOpt = False,
+    base_image: BaseImageOpt = None,
+    fmt: FormatOpt = None,
+) -> None:
+    """Resolve many specs at once (hit, promote or build), then print a summary; exit 1 if
+    any failed. CI runs it so that images exist before a job waits for them."""
+    c = _context(ctx)
+    if to_global:
+        s = c.settings
+        if not s.global_registry:
+            raise typer.Exit(
+                _fail(SpecError("--global needs ENVCTL_GLOBAL_REGISTRY", source="--global"))
+            )
+        c = _Context(
+            replace(
+                s,
+                workspace_registry=s.global_registry,
+                workspace_credentials=s.global_credentials,
+                global_registry=None,
+                global_credentials=None,
+            ),
+            c.resolver,
+        )
+        ctx.call_on_close(c.close)
+    try:
+        resolver = c.images()
+    except EnvctlError as exc:
+        raise typer.Exit(_fail(exc)) from None
+
+    def resolve_one(path: str) -> ImageRef:
+        spec, _ = _keyed(c, path, resolve=True, base_image=base_image, fmt=fmt)
+        hit = resolver.resolve(
+            spec, on_event=lambda stage, message: views.prewarm_progress(err, path, stage, message)
+        )
+        assert hit is not None  # resolve with build=True finds or builds
+        return hit
+
+    outcomes = prewarm(specs, resolve_one, concurrency=concurrency)
+    if as_json:
+        print(
+            json.dumps([o.as_json() for o in outcomes], indent=2 if sys.stdout.isatty() else None)
+        )
     else:
-        err.print(f"[bold]{stage}[/bold] {escape(message)}")
+        # CI logs are no terminal: rich would fold the table into 80 columns
+        wide = out if out.is_terminal else Console(file=sys.stdout, width=200, highlight=False)
+        wide.print(summary(outcomes))
+    raise typer.Exit(EXIT_FAILED if any(o.error is not None for o in outcomes) else EXIT_OK)
 
 
 @app.command("inspect")
@@ -377,18 +377,7 @@ def inspect_command(
     if as_json:
         print(json.dumps(metadata.as_json(), indent=2))
         return
-    out.print(f"[bold]{key}[/bold]")
-    for name, value in sorted(metadata.facts.items()):
-        out.print(f"  [cyan]{name}[/cyan]: {escape(str(value))}")
-    for title, text in (
-        ("spec", metadata.spec_json),
-        ("Dockerfile", metadata.dockerfile),
-        ("lock", metadata.lock),
-        ("build log", metadata.build_log),
-    ):
-        if text:
-            out.print(f"[cyan]{title}[/cyan]:")
-            out.print(escape(text.rstrip("\n")))
+    views.metadata(out, metadata)
 
 
 def main() -> None:
