@@ -187,6 +187,17 @@ class DockerBuilder:
             raise BuildError(f"pushing {tag} reported no digest", log_tail=log.tail())
         return log.digest
 
+    def save(self, tag: str, target: Path) -> None:
+        """Write the image `tag` to `target` in the engine's `docker save` format."""
+        try:
+            with open(target, "wb") as archive:
+                for chunk in self._api.get_image(tag):
+                    archive.write(chunk)
+        except requests.ConnectionError as exc:
+            raise EngineUnavailable(f"the Docker engine at {self.base_url}: {exc}") from exc
+        except docker.errors.DockerException as exc:
+            raise BuildError(f"cannot save {tag} from the engine: {exc}") from exc
+
     def python_version(self, image: str) -> str:
         """`MAJOR.MINOR` of the `python3` that `image` runs (pulled first if missing)."""
         script = "import sys; print('%d.%d' % sys.version_info[:2])"

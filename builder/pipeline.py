@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from builder import pip
+from builder.archive import import_archive
 from builder.conda import LockedPackage, install, solve
 from builder.context import copy_context
 from builder.docker import DockerBuilder, write_context
@@ -30,7 +31,7 @@ from builder.errors import BuildError
 from builder.pip import PipSource
 from builder.render import ENV_DIR, WHEELS_DIR, env_prefix, render
 from builder.resolve import OnEvent
-from hashing import EnvironmentSpec, EnvKey, SpecError, canonical_json
+from hashing import EnvironmentSpec, EnvKey, canonical_json
 from registry.auth import Credentials
 from registry.base import ImageRef
 from registry.metadata import EnvMetadata
@@ -80,12 +81,6 @@ class DockerImageBuilder:
         self, spec: EnvironmentSpec, key: EnvKey, build_id: str, on_event: OnEvent
     ) -> ImageRef:
         """Build, push and register `spec`'s image; the workspace's ImageRef with `build_id`."""
-        if not isinstance(self._workspace, OciRegistry):
-            raise SpecError(
-                "builds are pushed by the Docker engine, so the workspace registry must be an "
-                f"OCI registry, not {self._workspace.address}: set ENVCTL_WORKSPACE_REGISTRY",
-                source="ENVCTL_WORKSPACE_REGISTRY",
-            )
         started = time.monotonic()
         builds = self._config.home / "builds"
         _sweep(builds, older_than=self._engine.timeout + 3600)
@@ -98,11 +93,13 @@ class DockerImageBuilder:
 
         try:
             locks = self._prepare(spec, key, folder / "environment", on_event)
-            tag = self._workspace.reference(key)
+            pushed = isinstance(self._workspace, OciRegistry)  # else saved into a layout
+            # the engine's tag: the registry reference it pushes to, or a local name
+            tag = self._workspace.reference(key) if pushed else f"envctl-local/env:{key}"
             on_event("build", f"building {key} (build {build_id})")
             self._build_image(spec, key, build_id, folder, tag, locks, on_log)
-            on_event("push", f"pushing {tag}")
-            digest = self._engine.push(tag, auth=self._auth(), on_log=on_log)
+            on_event("push", f"pushing {key} to {self._workspace.address}")
+            digest = self._register(tag, key, folder, on_log)
             hit = self._workspace.lookup(key)
             if hit is None or hit.digest != digest:
                 raise BuildError(
@@ -120,6 +117,14 @@ class DockerImageBuilder:
             return replace(hit, build_id=build_id)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+
+    def _register(self, tag: str, key: EnvKey, folder: Path, on_log: Callable[[str], None]) -> str:
+        """Put the built image in the workspace registry (the tag last); its manifest digest."""
+        if isinstance(self._workspace, OciRegistry):  # the engine pushes, mounting what it can
+            return self._engine.push(tag, auth=self._auth(), on_log=on_log)
+        archive = folder / "image.tar"  # a registry the engine cannot reach (an OCI layout)
+        self._engine.save(tag, archive)
+        return import_archive(archive, self._workspace, key)
 
     def _build_image(
         self,

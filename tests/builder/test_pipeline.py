@@ -243,3 +243,27 @@ def test_build_folders_left_by_killed_builds_are_swept(tmp_path: Path) -> None:
     os.utime(builds / "stale", (0, 0))
     _sweep(builds, older_than=3600)
     assert [p.name for p in builds.iterdir()] == ["running"]
+
+
+def test_without_a_registry_builds_go_into_the_embedded_layout(
+    cli: CliRunner, workspace: OciRegistry, services: Services, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.delenv("ENVCTL_WORKSPACE_REGISTRY")  # nothing configured: the embedded default
+    spec = _spec(tmp_path, steps="RUN envctl-hello > /etc/hello.txt")
+    code, built, stderr = _resolve(cli, spec)
+    assert code == 0, stderr
+    layout = tmp_path / "home" / "registry"
+    assert built["image"] == f"oci:{layout}:{built['key']}"
+    code, again, _ = _resolve(cli, spec)
+    assert (code, again["source"], again["digest"]) == (0, "workspace", built["digest"])
+    local = f"envctl-test/from-layout:{built['key']}"
+    daemon = services.docker_host.removeprefix("unix://")
+    subprocess.run(
+        ["skopeo", "copy", "--dest-daemon-host", f"unix://{daemon}",
+         f"oci:{layout}:{built['key']}", f"docker-daemon:{local}"],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    out = docker(services, "run", "--rm", "--network", "none", local, "cat", "/etc/hello.txt")
+    assert out.splitlines()[0] == "hello from envctl-hello 2.0"
+    docker(services, "rmi", local)

@@ -1,0 +1,78 @@
+"""An image saved by the Docker engine (`docker save`), written into any StoreRegistry.
+
+The engine pushes only to registries it can reach over HTTP; an OCI layout folder (the embedded
+workspace) receives built images this way instead: every layer and the config as blobs, digests
+checked, then the manifest under the tag, last, so a failure leaves no tag. Layers stay
+uncompressed, as the engine saved them: their digests are then the image's diff_ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from builder.errors import BuildError
+from registry.base import OCI_MANIFEST, Descriptor, Manifest
+from registry.store import StoreRegistry
+
+_CONFIG = "application/vnd.oci.image.config.v1+json"
+_LAYER = "application/vnd.oci.image.layer.v1.tar"
+_CHUNK = 1 << 20
+
+
+def import_archive(archive: Path, registry: StoreRegistry, tag: str) -> str:
+    """Write the one image in `archive` (docker save format) under `tag`; its manifest digest."""
+    with tarfile.open(archive) as tar:
+        (entry,) = json.load(_member(tar, "manifest.json"))
+        config = _member(tar, entry["Config"]).read()
+        blobs = [Descriptor(_CONFIG, _sha256(config), len(config))]
+        registry.put_blob(blobs[0], iter((config,)))
+        for name in entry["Layers"]:
+            layer = Descriptor(_LAYER, _digest(_member(tar, name)), tar.getmember(name).size)
+            if not registry.has_blob(layer.digest):
+                registry.put_blob(layer, _chunks(_member(tar, name)))
+            blobs.append(layer)
+    body = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": _json(blobs[0]),
+        "layers": [_json(layer) for layer in blobs[1:]],
+    }
+    manifest = Manifest(OCI_MANIFEST, json.dumps(body, separators=(",", ":")).encode())
+    registry.put_manifest(tag, manifest)
+    return manifest.digest
+
+
+def _member(tar: tarfile.TarFile, name: str) -> IO[bytes]:
+    handle = tar.extractfile(name)
+    if handle is None:
+        raise BuildError(f"the engine's saved image has no file {name}")
+    return handle
+
+
+def _chunks(handle: IO[bytes]) -> Iterator[bytes]:
+    while chunk := handle.read(_CHUNK):
+        yield chunk
+
+
+def _digest(handle: IO[bytes]) -> str:
+    digest = hashlib.sha256()
+    for chunk in _chunks(handle):
+        digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+def _sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _json(descriptor: Descriptor) -> dict[str, object]:
+    return {
+        "mediaType": descriptor.media_type,
+        "digest": descriptor.digest,
+        "size": descriptor.size,
+    }
