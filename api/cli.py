@@ -25,7 +25,6 @@ from api.settings import Settings
 from api.specfiles import load_spec
 from builder.docker import DockerBuilder
 from builder.errors import ChannelUnavailable, EngineUnavailable
-from builder.pip import PipSource
 from builder.pipeline import BuildConfig, DockerImageBuilder
 from builder.resolve import Resolver
 from hashing import (
@@ -40,9 +39,10 @@ from hashing import (
     is_key,
     parse_image,
 )
-from registry import DigestResolver, ImageNotFound, RegistryUnavailable
+from registry import DigestResolver, RegistryUnavailable
 from registry.auth import Credentials
 from registry.base import ImageRef, Registry
+from registry.errors import BaseImageNotFound
 from registry.open import open_registry, open_tiers
 from registry.store import StoreRegistry
 
@@ -50,7 +50,7 @@ EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_UNAVAILABLE = 0, 1, 2, 3
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
     (SpecError, EXIT_INVALID),
-    (ImageNotFound, EXIT_INVALID),  # the spec names a base image that does not exist
+    (BaseImageNotFound, EXIT_INVALID),  # the spec names a base image that does not exist
     (RegistryUnavailable, EXIT_UNAVAILABLE),
     (EngineUnavailable, EXIT_UNAVAILABLE),
     (ChannelUnavailable, EXIT_UNAVAILABLE),
@@ -137,8 +137,7 @@ class _Context:
             network=s.build_network,  # type: ignore[arg-type]
         )
         self.closers.append(engine.close)
-        pip_source = PipSource(s.pip_index_url, s.pip_find_links)
-        config = BuildConfig(s.home, s.channels, s.workspace_credentials, pip_source)
+        config = BuildConfig(s.home, s.workspace_credentials)
         builder = DockerImageBuilder(self._workspace, engine, config)
         return Resolver(registry, builder, state=s.home)
 
@@ -157,7 +156,10 @@ def _context(ctx: typer.Context) -> _Context:
 @app.callback()
 def _root(ctx: typer.Context) -> None:
     if ctx.obj is None:  # tests may pass their own
-        settings = Settings.from_env(os.environ)
+        try:
+            settings = Settings.from_env(os.environ)
+        except EnvctlError as exc:
+            raise typer.Exit(_fail(exc)) from None
         resolver = DigestResolver(
             insecure=settings.insecure_registries, timeout=settings.registry_timeout
         )
@@ -171,6 +173,10 @@ def _keyed(
 ) -> tuple[EnvironmentSpec, EnvKey]:
     """Load a spec, pin its base image (unless told not to) and compute its key."""
     spec = load_spec(path, format=_format(fmt), default_base=_default_base(c, base_image))
+    s = c.settings
+    spec = spec.with_package_sources(
+        channels=s.channels, pip_index_url=s.pip_index_url, pip_find_links=s.pip_find_links
+    )
     if resolve:
         spec = spec.with_base_image(c.resolver.resolve(spec.base_image))
     return spec, compute_key(spec)
@@ -215,7 +221,8 @@ def hash_command(
         try:
             spec, key = _keyed(c, path, resolve=not no_resolve, base_image=base_image, fmt=fmt)
         except EnvctlError as exc:
-            code = code or _fail(exc)
+            failed = _fail(exc)  # every failure is printed; the first sets the exit code
+            code = code or failed
             continue
         pinned = spec.base_image.pinned
         results.append({"spec": path, "key": key, "pinned": pinned})
@@ -382,4 +389,14 @@ def inspect_command(
 
 def main() -> None:
     """Entry point of the `envctl` console script."""
-    app()
+    try:
+        app()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    # Leave without interpreter finalization: py-rattler's runtime threads can still be winding
+    # down after a failed fetch, and finalizing under them aborts the process (exit 134),
+    # hiding envctl's own exit code. Everything envctl opened is closed by now.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -46,9 +46,13 @@ def prewarm(
     def one(spec: str) -> Outcome:
         started = time.monotonic()
         try:
-            return Outcome(spec, time.monotonic() - started, image=resolve(spec))
+            image = resolve(spec)
         except EnvctlError as exc:
             return Outcome(spec, time.monotonic() - started, error=exc)
+        except Exception as exc:
+            error = EnvctlError(f"unexpected {type(exc).__name__}: {exc}")
+            return Outcome(spec, time.monotonic() - started, error=error)
+        return Outcome(spec, time.monotonic() - started, image=image)
 
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
         return list(pool.map(one, specs))

@@ -30,6 +30,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -82,12 +83,12 @@ class Settings:
             insecure_registries=_list(insecure)
             if insecure is not None
             else tuple(file.insecure_registries),
-            registry_timeout=float(env.get("ENVCTL_REGISTRY_TIMEOUT") or file.registry_timeout),
+            registry_timeout=_number(env, "ENVCTL_REGISTRY_TIMEOUT", file.registry_timeout),
             home=Path(env.get("ENVCTL_HOME") or _data_home(env) / "envctl"),
             channels=_list(env.get("ENVCTL_CHANNELS", "")),
-            build_timeout=float(env.get("ENVCTL_BUILD_TIMEOUT") or 3600),
+            build_timeout=_number(env, "ENVCTL_BUILD_TIMEOUT", 3600.0),
             build_memory=_bytes(env.get("ENVCTL_BUILD_MEMORY")),
-            build_cpus=float(env["ENVCTL_BUILD_CPUS"]) if env.get("ENVCTL_BUILD_CPUS") else None,
+            build_cpus=_number(env, "ENVCTL_BUILD_CPUS", None),
             build_network=_network(env.get("ENVCTL_BUILD_NETWORK") or "default"),
             docker_host=env.get("DOCKER_HOST") or None,
             pip_index_url=env.get("ENVCTL_PIP_INDEX_URL") or None,
@@ -161,3 +162,13 @@ def _network(text: str) -> str:
     if text not in ("none", "host", "default"):
         raise SpecError(f"{text!r}: use none, host or default", source="ENVCTL_BUILD_NETWORK")
     return text
+
+
+def _number(env: Mapping[str, str], name: str, default: float | None) -> Any:
+    text = env.get(name)
+    if not text:
+        return default
+    try:
+        return float(text)
+    except ValueError:
+        raise SpecError(f"not a number: {text!r}", source=name) from None

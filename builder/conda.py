@@ -172,13 +172,13 @@ def solve(
 ) -> CondaLock:
     """Solve `env`'s dependencies for an image `platform` into a lock.
 
-    `channels` (the configured ENVCTL_CHANNELS) win over the environment's own; either way they
-    are in priority order and strict: a package comes from the first channel that has it.
-    Raises SolveError (unsolvable, no channels, a channel of the environment that does not
-    exist), ChannelUnavailable (a channel that cannot be reached) or BuildTimeout.
+    `channels`, when given, replace the environment's own; either way they are in priority order
+    and strict: a package comes from the first channel that has it. Raises SolveError
+    (unsolvable, no channels, a channel that does not exist: channels are part of the key, so
+    that is the key's failure), ChannelUnavailable (a channel that cannot be reached) or
+    BuildTimeout.
     """
     subdir = conda_subdir(platform)
-    configured = bool(channels)
     # `…/channel` and `…/channel/` are one channel (hashing strips the slash of the env's own)
     urls = [url.rstrip("/") for url in (channels or env.channels)]
     if not urls:
@@ -207,8 +207,8 @@ def solve(
         raise SolveError(f"cannot solve {what}:\n{_reason(exc)}") from None
     except GatewayError as exc:
         reason = _reason(exc)
-        if _NOT_FOUND.search(reason) and not configured:
-            raise SolveError(f"a channel of the environment does not exist: {reason}") from None
+        if _NOT_FOUND.search(reason):
+            raise SolveError(f"a channel does not exist: {reason}") from None
         raise ChannelUnavailable(
             f"cannot read the channels ({', '.join(urls)}): {reason}"
         ) from None

@@ -41,7 +41,7 @@ import requests
 
 from builder.errors import BuildError, BuildTimeout, EngineUnavailable, StepFailed
 from builder.render import REQUIREMENTS_FILE, BuildContext
-from registry.errors import RegistryUnavailable
+from registry.errors import RegistryAuthError, RegistryUnavailable
 
 API_VERSION = "1.41"
 Network = Literal["none", "host", "default"]
@@ -70,8 +70,9 @@ def write_context(context: BuildContext, target: Path) -> None:
         requirements.write_text(context.pip_requirements)
 
 
-# How the engine words a registry it cannot reach, in its push stream.
+# How the engine words a registry it cannot reach, or one that refuses it, in its streams.
 _UNREACHABLE = ("connection refused", "no such host", "i/o timeout", "connection reset")
+_REFUSED = ("unauthorized", "denied", "authentication required")
 
 
 class DockerBuilder:
@@ -177,6 +178,8 @@ class DockerBuilder:
         log.close()
         if log.error is not None:
             message = f"pushing {tag} failed: {log.error}"
+            if any(sign in log.error.lower() for sign in _REFUSED):
+                raise RegistryAuthError(message, endpoint=repository.split("/", 1)[0])
             if any(sign in log.error for sign in _UNREACHABLE):
                 # the engine reports the registry's absence inside its stream, not as an error
                 # of ours: it is the registry that is unavailable (transient, exit code 3)
@@ -216,7 +219,7 @@ class DockerBuilder:
                 output = self._api.logs(container, stdout=True, stderr=True).decode().strip()
             finally:
                 self._api.remove_container(container, force=True)
-        except requests.ConnectionError as exc:
+        except requests.RequestException as exc:  # refused, reset or timed out: the engine's
             raise EngineUnavailable(f"the Docker engine at {self.base_url}: {exc}") from exc
         except docker.errors.DockerException as exc:
             raise BuildError(f"cannot run python3 on {image}: {exc}") from exc
@@ -297,8 +300,9 @@ def _check_status(response: requests.Response, build_id: str | None, log: JsonLo
 def _result(log: JsonLog, build_id: str | None) -> str:
     if log.error is not None:
         # A step's own failure or an invalid instruction fails again with the same inputs;
-        # failing to get the base image (FROM, step 1) may not.
-        deterministic = (
+        # failing to reach a registry (the base at FROM, an image of COPY --from) may not.
+        unreachable = any(sign in log.error for sign in _UNREACHABLE)
+        deterministic = not unreachable and (
             (log.step or 0) > 1
             or log.error_code is not None
             or log.error.startswith("dockerfile parse error")

@@ -1,7 +1,8 @@
 """pip requirements: resolved once on the builder host, installed in the image without resolving.
 
     resolve   pip's own resolver (`pip install --dry-run --report`) for the image's Python version
-              and platform, on the configured index or --find-links → pins with hashes: the lock
+              and platform, where the spec's options say (the operator's index or find-links
+              among them: they are part of the key) → pins with hashes: the lock
     download  exactly the pinned wheels, checked against their hashes, into the build context
     install   in the image: `pip install --no-deps --no-index --require-hashes`, offline
 
@@ -24,23 +25,6 @@ from builder.errors import ChannelUnavailable, SolveError
 
 _ARCHES = {"linux/amd64": "x86_64", "linux/arm64": "aarch64"}
 _NETWORK_TROUBLE = ("Connection", "Max retries", "Temporary failure", "timed out", "Network")
-
-
-@dataclass(frozen=True)
-class PipSource:
-    """Where pip finds packages: an index and/or folders or pages of links (configured)."""
-
-    index_url: str | None = None
-    find_links: tuple[str, ...] = ()
-
-    def arguments(self) -> list[str]:
-        """pip's options for this source; with only find-links, no index is asked."""
-        out = [] if self.index_url else ["--no-index"] if self.find_links else []
-        if self.index_url:
-            out += ["--index-url", self.index_url]
-        for link in self.find_links:
-            out += ["--find-links", link]
-        return out
 
 
 @dataclass(frozen=True)
@@ -72,16 +56,16 @@ def resolve(
     *,
     python_version: str,
     platform: str,
-    source: PipSource,
     work: Path,
 ) -> PipLock:
-    """Pin `requirements` (and their dependencies) for `python_version` on `platform`."""
+    """Pin `requirements` (and their dependencies) for `python_version` on `platform`;
+    `options` (the spec's, with the operator's index or find-links) say where to look."""
     work.mkdir(parents=True, exist_ok=True)
     report = work / "pip-report.json"
     _pip(
         "install", "--dry-run", "--ignore-installed", "--report", str(report),
         "--target", str(work / "never-written"),
-        *_target(python_version, platform), *source.arguments(), *options, *requirements,
+        *_target(python_version, platform), *options, *requirements,
     )  # fmt: skip
     pins = []
     for item in json.loads(report.read_text())["install"]:
@@ -94,15 +78,16 @@ def resolve(
 
 
 def download(
-    lock: PipLock, *, python_version: str, platform: str, source: PipSource, target: Path
+    lock: PipLock, options: Sequence[str], *, python_version: str, platform: str, target: Path
 ) -> None:
-    """Fetch exactly the pinned wheels into `target` (pip checks every hash)."""
+    """Fetch exactly the pinned wheels into `target` (pip checks every hash), from where
+    `options` say."""
     target.mkdir(parents=True, exist_ok=True)
     pins = target.parent / "pip.lock.txt"
     pins.write_text(lock.text)
     _pip(
         "download", "--no-deps", "--require-hashes", "-d", str(target), "-r", str(pins),
-        *_target(python_version, platform), *source.arguments(),
+        *_target(python_version, platform), *options,
     )  # fmt: skip
 
 

@@ -19,7 +19,7 @@ import functools
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from builder import pip
@@ -28,7 +28,6 @@ from builder.conda import LockedPackage, install, solve
 from builder.context import copy_context
 from builder.docker import DockerBuilder, write_context
 from builder.errors import BuildError
-from builder.pip import PipSource
 from builder.render import ENV_DIR, WHEELS_DIR, env_prefix, render
 from builder.resolve import OnEvent
 from hashing import EnvironmentSpec, EnvKey, canonical_json
@@ -46,9 +45,7 @@ class BuildConfig:
     """Where a build keeps its files, and where it finds packages."""
 
     home: Path
-    channels: tuple[str, ...] = ()
     credentials: Credentials | None = None
-    pip: PipSource = field(default_factory=PipSource)
 
 
 @dataclass(frozen=True)
@@ -91,6 +88,7 @@ class DockerImageBuilder:
             log.append(line)
             on_event("log", line)
 
+        tag: str | None = None
         try:
             locks = self._prepare(spec, key, folder / "environment", on_event)
             pushed = isinstance(self._workspace, OciRegistry)  # else saved into a layout
@@ -100,12 +98,15 @@ class DockerImageBuilder:
             self._build_image(spec, key, build_id, folder, tag, locks, on_log)
             on_event("push", f"pushing {key} to {self._workspace.address}")
             digest = self._register(tag, key, folder, on_log)
-            hit = self._workspace.lookup(key)
-            if hit is None or hit.digest != digest:
+            found = self._workspace.resolve(key)  # asked, not remembered: it was just written
+            if found is None or found.digest != digest:
                 raise BuildError(
-                    f"the registry holds {hit and hit.digest} for {tag}, not the pushed {digest}",
+                    f"the registry holds {found and found.digest} for {key}, not the pushed "
+                    f"{digest}",
                     build_id=build_id,
                 )
+            self._workspace.forget(key)  # a --force-rebuild replaces what this process saw
+            hit = ImageRef(key, self._workspace.reference(key), found.digest)
             facts = {
                 "build_id": build_id,
                 "builder_version": VERSION,
@@ -113,9 +114,11 @@ class DockerImageBuilder:
                 "duration_seconds": round(time.monotonic() - started, 3),
             }
             self._workspace.put_metadata(key, _metadata(spec, key, locks, log, facts))
-            self._engine.remove(tag)  # the registry has it; the engine's copy only takes disk
             return replace(hit, build_id=build_id)
         finally:
+            # the registry has the image, or nothing does: the engine's copy only takes disk
+            if tag is not None:
+                self._engine.remove(tag)
             shutil.rmtree(folder, ignore_errors=True)
 
     def _register(self, tag: str, key: EnvKey, folder: Path, on_log: Callable[[str], None]) -> str:
@@ -163,9 +166,11 @@ class DockerImageBuilder:
         cache = self._config.home / "conda"
         conda = spec.conda
         if conda is not None and conda.dependencies:
-            channels = self._config.channels or conda.channels
+            # the spec's channels are the ones to use: the operator's sources, if any, were put
+            # into the spec before it was keyed (EnvironmentSpec.with_package_sources)
+            channels = conda.channels
             on_event("solve", f"solving {len(conda.dependencies)} specs on {', '.join(channels)}")
-            lock = solve(conda, platform=spec.platform, channels=channels, cache_dir=cache)
+            lock = solve(conda, platform=spec.platform, channels=None, cache_dir=cache)
             locks, installed = _Locks(conda=lock.text), lock.packages
             on_event("install", f"installing {len(lock.packages)} conda packages")
             install(lock, prefix=env_prefix(key), target=target / ENV_DIR, cache_dir=cache)
@@ -175,21 +180,19 @@ class DockerImageBuilder:
                 base = spec.base_image
                 python = self._engine.python_version(f"{base.name}@{base.digest}")
             on_event("solve", f"resolving {len(conda.pip)} pip requirements for python {python}")
-            source, platform = self._config.pip, spec.platform
             pip_lock = pip.resolve(
                 conda.pip,
                 conda.pip_options,
                 python_version=python,
-                platform=platform,
-                source=source,
+                platform=spec.platform,
                 work=target.parent / "pip",
             )
             on_event("install", f"fetching {len(pip_lock.names)} pinned wheels")
             pip.download(
                 pip_lock,
+                conda.pip_options,
                 python_version=python,
-                platform=platform,
-                source=source,
+                platform=spec.platform,
                 target=target / WHEELS_DIR,
             )
             locks = _Locks(conda=locks.conda, pip=pip_lock.text)

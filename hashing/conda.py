@@ -30,6 +30,7 @@ _NAME = re.compile(rf"^{_NAME_TEXT}$")
 _SIMPLE_REQUIREMENT = re.compile(
     rf"^(?P<name>{_NAME_TEXT})\s*(?:\[(?P<extras>[^\]]*)\])?\s*(?P<spec>[<>=!~][^;@()]*)?$"
 )
+_FILE_OPTIONS = frozenset({"-r", "--requirement", "-c", "--constraint", "-e", "--editable"})
 _PIP_OPTION = re.compile(r"^(?P<flag>--?[A-Za-z][\w-]*)(?:(?:\s*=\s*|\s+)(?P<value>.+))?$")
 
 
@@ -70,8 +71,10 @@ def normalize_match_spec(text: str) -> str:
 def normalize_pip_line(text: str) -> tuple[bool, str]:
     """Normalize one line of a `pip:` list: (is_option, text); ValueError when invalid.
 
-    Requirements follow PEP 508; direct references without a name (`git+https://…`, a path or a
-    wheel URL) are kept as written, since pip reads them that way.
+    Requirements follow PEP 508; URL references without a name (`git+https://…`, a wheel URL)
+    are kept as written, since pip reads them that way. Lines that name local files (`-r`, `-c`,
+    `-e`, a path) are refused: the key cannot see inside those files, so two different images
+    would share it.
     """
     line = text.strip()
     if not line:
@@ -81,10 +84,20 @@ def normalize_pip_line(text: str) -> tuple[bool, str]:
         if match is None:
             raise ValueError(f"invalid pip option {line!r}")
         flag, value = match.group("flag"), match.group("value")
+        if flag in _FILE_OPTIONS:
+            raise ValueError(
+                f"{flag} names a file whose content envctl cannot key: list the requirements "
+                "themselves in the pip: list"
+            )
         if value is None:
             return True, flag
         return True, flag + ("=" if flag.startswith("--") else " ") + value.strip()
-    if "://" in line or line.startswith((".", "/", "~")):
+    if line.startswith((".", "/", "~", "file:")):
+        raise ValueError(
+            f"{line!r} is a local path whose content envctl cannot key: publish it as a wheel "
+            "on an index or a --find-links location and name it here"
+        )
+    if "://" in line:
         try:
             Requirement(line)
         except InvalidRequirement:

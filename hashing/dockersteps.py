@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from json import dumps as json_dumps
 from typing import Any
 
@@ -154,7 +154,31 @@ def parse_dockerfile(text: str, source: str) -> ParsedDockerfile:
         base = parse_image(frm.args[0])
     except InvalidReference as exc:
         raise SpecError(str(exc), source=source, line=frm.line, field="FROM") from None
-    return ParsedDockerfile(base, frm.line, platform, commands[froms[0] + 1 :])
+    defaults = _global_arg_defaults(commands[: froms[0]])
+    steps = tuple(_inherit_defaults(step, defaults) for step in commands[froms[0] + 1 :])
+    return ParsedDockerfile(base, frm.line, platform, steps)
+
+
+def _global_arg_defaults(before_from: tuple[DockerStep, ...]) -> dict[str, str]:
+    """`ARG NAME=value` before FROM: defaults that an `ARG NAME` in the stage inherits."""
+    defaults = {}
+    for step in before_from:
+        for arg in step.args:
+            name, eq, value = arg.partition("=")
+            if eq:
+                defaults[name] = value
+    return defaults
+
+
+def _inherit_defaults(step: DockerStep, defaults: dict[str, str]) -> DockerStep:
+    """Write a global ARG's default into the stage's bare `ARG NAME`, as Docker applies it,
+    so the key (and the Dockerfile envctl writes, which has no FROM of its own) carries it."""
+    if step.instruction != "ARG" or not defaults:
+        return step
+    args = tuple(
+        f"{arg}={defaults[arg]}" if "=" not in arg and arg in defaults else arg for arg in step.args
+    )
+    return step if args == step.args else replace(step, args=args)
 
 
 def _parse(text: str, source: str, first_line: int) -> tuple[DockerStep, ...]:

@@ -59,4 +59,4 @@ def compute_key(spec: EnvironmentSpec) -> EnvKey:
 
 def is_key(text: str) -> bool:
     """True when `text` has the shape of an EnvKey."""
-    return bool(_KEY.match(text))
+    return bool(_KEY.fullmatch(text))

@@ -30,6 +30,8 @@ from hashing.validate import VariableName, VariableValue, validate
 from hashing.yamldoc import Path, YamlDocument, load_yaml
 
 SpecFormat = Literal["envctl", "conda", "azureml"]
+# pip options that say where packages come from: the operator's sources replace them
+_SOURCE_OPTIONS = ("--index-url", "-i ", "--no-index", "--find-links", "-f ")
 
 
 @dataclass(frozen=True, order=True)
@@ -75,6 +77,29 @@ class EnvironmentSpec:
     def with_base_image(self, image: ImageName) -> EnvironmentSpec:
         """This spec on another base image (typically the same one, pinned to its digest)."""
         return replace(self, base_image=image)
+
+    def with_package_sources(
+        self,
+        *,
+        channels: tuple[str, ...] = (),
+        pip_index_url: str | None = None,
+        pip_find_links: tuple[str, ...] = (),
+    ) -> EnvironmentSpec:
+        """This spec with the operator's package sources (ENVCTL_CHANNELS, the pip index and
+        find-links) in place of its own. They decide what gets installed, so they must be in
+        the key: the build then reads its sources from the spec and nowhere else."""
+        conda = self.conda
+        if conda is None:
+            return self
+        if channels:
+            conda = replace(conda, channels=tuple(dict.fromkeys(c.rstrip("/") for c in channels)))
+        if conda.pip and (pip_index_url or pip_find_links):
+            # with links alone, pip must not also ask its default index
+            source = [f"--index-url={pip_index_url}"] if pip_index_url else ["--no-index"]
+            source += [f"--find-links={link}" for link in pip_find_links]
+            kept = [o for o in conda.pip_options if not o.startswith(_SOURCE_OPTIONS)]
+            conda = replace(conda, pip_options=tuple(dict.fromkeys((*source, *kept))))
+        return replace(self, conda=conda)
 
 
 @dataclass(frozen=True)

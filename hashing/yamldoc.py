@@ -88,6 +88,7 @@ class _Builder:
         self.source = source
         self.lines: dict[Path, int] = {}
         self.blocks: dict[Path, int] = {}
+        self._seen: set[int] = set()
 
     def build(self, node: yaml.Node, path: Path) -> Any:
         self.lines[path] = node.start_mark.line + 1
@@ -97,6 +98,14 @@ class _Builder:
             if node.tag == _STR_TAG:  # the common case; skip the constructor machinery
                 return node.value
             return self.loader.construct_object(node, deep=True)
+        if id(node) in self._seen:  # an alias: the composer hands out the anchored node again
+            raise SpecError(
+                "YAML aliases (*name) are not supported in spec files: write the value out",
+                source=self.source,
+                line=node.start_mark.line + 1,
+                field=format_path(path) or None,
+            )
+        self._seen.add(id(node))
         if isinstance(node, yaml.SequenceNode):
             return self._sequence(node, path)
         if isinstance(node, yaml.MappingNode):

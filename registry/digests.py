@@ -15,7 +15,7 @@ import httpx
 from hashing.imageref import ImageName
 from registry.auth import Credentials, CredentialSource, repository_scope
 from registry.base import MANIFEST_TYPES
-from registry.errors import ImageNotFound, RegistryError
+from registry.errors import BaseImageNotFound, RegistryError
 from registry.http import (
     DEFAULT_RETRIES,
     RegistryClient,
@@ -80,7 +80,7 @@ class DigestResolver:
             headers={"Accept": ", ".join(MANIFEST_MEDIA_TYPES)},
         )
         if response.status_code == 404:
-            raise ImageNotFound(f"base image {image} not found", endpoint=url, status=404)
+            raise BaseImageNotFound(f"base image {image} not found", endpoint=url, status=404)
         check(response, "could not resolve the base image's tag")
         digest = response.headers.get("Docker-Content-Digest")
         if not digest:

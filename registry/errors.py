@@ -5,6 +5,7 @@
         ├── RegistryUnavailable  it could not be reached, timed out or answered 5xx (transient)
         ├── RegistryAuthError    it refused the credentials (401/403)
         └── ImageNotFound        it answered that the image or tag does not exist (404)
+            └── BaseImageNotFound  ... and that image is the base a spec names (the spec's error)
 
 Errors are never misses: a registry that is down raises RegistryUnavailable, it does not answer
 "not found" (that would start a build storm).
@@ -39,3 +40,7 @@ class RegistryAuthError(RegistryError):
 
 class ImageNotFound(RegistryError):
     """The registry says the repository or tag does not exist."""
+
+
+class BaseImageNotFound(ImageNotFound):
+    """The base image a spec names does not exist: the spec is wrong, not the registry."""

@@ -160,7 +160,10 @@ def test_base_image_flag_keys_plain_conda_files(cli: CliRunner) -> None:
     assert "--base-image" in bad.stderr
 
 
-def test_explain_shows_the_canonical_inputs(cli: CliRunner, services: Services) -> None:
+def test_explain_shows_the_canonical_inputs(
+    cli: CliRunner, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ENVCTL_CHANNELS", raising=False)  # the spec's own channels, then
     result = cli.invoke(app, ["explain", THREE_FORMATS[1]])
     assert result.exit_code == 0, result.stderr
     out = result.stdout
@@ -202,3 +205,39 @@ def test_the_console_script_runs(services: Services) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert is_key(result.stdout.split()[0])
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("ENVCTL_BUILD_NETWORK", "bogus"), ("ENVCTL_REGISTRY_TIMEOUT", "soon")],
+)
+def test_bad_settings_exit_2_naming_the_variable(
+    cli: CliRunner, monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    result = cli.invoke(app, ["hash", "--no-resolve", THREE_FORMATS[0]])
+    assert result.exit_code == 2
+    assert name in result.stderr
+
+
+def test_every_bad_spec_is_reported(cli: CliRunner, tmp_path: Path) -> None:
+    for name in ("one", "two"):
+        (tmp_path / f"{name}.yml").write_text(f"base_image: ubuntu\nbogus_{name}: 1\n")
+    result = cli.invoke(
+        app, ["hash", "--no-resolve", *(str(tmp_path / f"{n}.yml") for n in ("one", "two"))]
+    )
+    assert result.exit_code == 2
+    assert "bogus_one" in result.stderr
+    assert "bogus_two" in result.stderr
+
+
+def test_the_operators_package_sources_are_part_of_the_key(
+    cli: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = []
+    for channel in ("https://example.invalid/a", "https://example.invalid/b"):
+        monkeypatch.setenv("ENVCTL_CHANNELS", channel)
+        result = cli.invoke(app, ["hash", "--no-resolve", THREE_FORMATS[0]])
+        assert result.exit_code == 0, result.stderr
+        keys.append(_keys(result.stdout)[0])
+    assert keys[0] != keys[1], "the channels a build uses decide what it installs"

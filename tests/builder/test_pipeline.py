@@ -15,9 +15,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from api.cli import app
+from api.cli import _Context, app
+from api.settings import Settings
+from api.specfiles import load_spec
 from builder.pipeline import _sweep
 from hashing import EnvKey
+from registry.digests import DigestResolver
 from registry.oci import OciRegistry
 from tests.conftest import FIXTURES, Services, docker
 
@@ -267,3 +270,29 @@ def test_without_a_registry_builds_go_into_the_embedded_layout(
     out = docker(services, "run", "--rm", "--network", "none", local, "cat", "/etc/hello.txt")
     assert out.splitlines()[0] == "hello from envctl-hello 2.0"
     docker(services, "rmi", local)
+
+
+def test_force_rebuild_in_a_long_lived_process_replaces_what_it_saw(
+    workspace: OciRegistry, tmp_path: Path
+) -> None:
+    """One resolver for many calls, as a server holds it: a rebuild is seen at once."""
+    context = _Context(Settings.from_env(os.environ), DigestResolver())
+    try:
+        resolver = context.images()
+        spec_path = _spec(tmp_path, steps="RUN date +%s%N > /built-at")
+        spec = load_spec(spec_path).with_package_sources(channels=context.settings.channels)
+        spec = spec.with_base_image(context.resolver.resolve(spec.base_image))
+        first = resolver.resolve(spec)
+        rebuilt = resolver.resolve(spec, force_rebuild=True)
+        assert first is not None
+        assert rebuilt is not None
+        assert rebuilt.source == "built"
+        assert rebuilt.digest != first.digest  # the classic builder's images carry timestamps
+        found = workspace.resolve(EnvKey(rebuilt.key))
+        assert found is not None
+        assert found.digest == rebuilt.digest
+        again = resolver.resolve(spec)
+        assert again is not None
+        assert again.digest == rebuilt.digest
+    finally:
+        context.close()

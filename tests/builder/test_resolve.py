@@ -52,10 +52,9 @@ class StandInBuilder:
             self.release.wait(timeout=30)
         if self.failures:
             raise self.failures.pop(0)
-        push_image(self.registry, key)
-        hit = self.registry.lookup(key)
-        assert hit is not None
-        return ImageRef(hit.key, hit.image, hit.digest, build_id=build_id)
+        manifest = push_image(self.registry, key)  # random content: every build its own digest
+        self.registry.forget(key)  # as the real pipeline does after writing the tag
+        return ImageRef(key, self.registry.reference(key), manifest.digest, build_id=build_id)
 
 
 def _resolver(tmp_path: Path, **builder: object) -> tuple[Resolver, StandInBuilder]:
@@ -152,8 +151,14 @@ def test_a_transient_failure_is_retried_and_never_remembered(tmp_path: Path) -> 
 
 def test_force_rebuild_builds_even_on_a_hit(tmp_path: Path) -> None:
     resolver, builder = _resolver(tmp_path)
-    resolver.resolve(_spec())
-    resolver.resolve(_spec(), force_rebuild=True)
+    first = resolver.resolve(_spec())
+    rebuilt = resolver.resolve(_spec(), force_rebuild=True)
     assert builder.calls == 2
+    assert first is not None
+    assert rebuilt is not None
+    assert rebuilt.digest != first.digest
+    again = resolver.resolve(_spec())
+    assert again is not None
+    assert again.digest == rebuilt.digest, "the same process sees the rebuilt image"
     held = LayoutRegistry(tmp_path / "registry").keys()
     assert compute_key(_spec()) in held

@@ -61,7 +61,7 @@ def test_invalid_match_specs_raise(bad: str) -> None:
         ("git+https://example.invalid/x.git", (False, "git+https://example.invalid/x.git")),
         ("--extra-index-url=https://example.invalid/", (True, "--extra-index-url=https://example.invalid/")),
         ("--extra-index-url  https://example.invalid/", (True, "--extra-index-url=https://example.invalid/")),
-        ("-e ./local", (True, "-e ./local")),
+        ("-i https://example.invalid/simple", (True, "-i https://example.invalid/simple")),
     ],
 )  # fmt: skip
 def test_pip_lines_normalize_by_pep_503_and_508(line: str, expected: tuple[bool, str]) -> None:
@@ -102,3 +102,13 @@ def test_the_fast_path_reads_requirements_exactly_as_packaging_does(line: str) -
         assert fast is None, f"fast path accepted what packaging rejects: {line!r}"
         return
     assert fast in (None, slow)
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["-r requirements.txt", "--requirement=reqs.txt", "-c constraints.txt", "-e ./local",
+     "--editable .", "./localpkg", "/abs/pkg.whl", "file:///tmp/x.whl"],
+)  # fmt: skip
+def test_pip_lines_naming_local_files_are_refused(line: str) -> None:
+    with pytest.raises(ValueError, match="cannot key"):
+        normalize_pip_line(line)

@@ -312,3 +312,13 @@ def test_a_step_that_only_reads_the_same_where_it_was_is_an_error(text: str) -> 
 def test_what_dockers_parser_cannot_read_faithfully_is_refused(text: str) -> None:
     with pytest.raises(SpecError):
         parse_steps(text, "spec.yml")
+
+
+def test_a_global_arg_default_reaches_the_stage_as_docker_applies_it() -> None:
+    digest = "sha256:" + "a" * 64
+    one = parse_dockerfile(f"ARG V=1\nFROM busybox@{digest}\nARG V\nRUN echo $V\n", "D1")
+    two = parse_dockerfile(f"ARG V=2\nFROM busybox@{digest}\nARG V\nRUN echo $V\n", "D2")
+    assert one.steps != two.steps, "different defaults build different images"
+    assert one.steps[0].dockerfile_line() == "ARG V=1"
+    written = parse_dockerfile(f"FROM busybox@{digest}\nARG V=1\nRUN echo $V\n", "D3")
+    assert one.steps == written.steps

@@ -104,3 +104,14 @@ def test_a_value_a_dockerfile_cannot_write_is_refused_where_it_is() -> None:
     error = _error('base_image: x\nvariables:\n  A: "one\\ntwo"\n')
     assert (error.line, error.field) == (3, "variables.A")
     assert "newline" in error.message
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "base_image: x\nvariables: &a {A: *a}\n",  # recursive
+        "base_image: x\nconda: {dependencies: &d [a, b]}\nvariables: {}\nx: *d\n",
+    ],
+)
+def test_yaml_aliases_are_refused(text: str) -> None:
+    assert "aliases" in _error(text).message
