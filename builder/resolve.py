@@ -195,6 +195,9 @@ class Resolver:
                 raise  # retrying refused credentials only locks the account
             except RegistryError as exc:
                 error = exc
+            hit = self._registry.lookup(key)
+            if hit is not None:  # it failed after its tag was written: that image stands
+                return replace(hit, source="built", build_id=build_id)
             delay = next(delays, None)
             if delay is None:
                 raise error

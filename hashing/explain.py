@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from hashing.dockersteps import DockerStep
 from hashing.key import canonical_inputs
@@ -21,22 +22,40 @@ class Difference:
 
 def describe(spec: EnvironmentSpec) -> list[tuple[str, list[str]]]:
     """The key's inputs as (input, lines) pairs, in the order a person reads a spec."""
-    return [(name, _lines(spec, name)) for name in _INPUTS]
+    inputs = canonical_inputs(spec)
+    return [(name, _lines(spec, name, inputs)) for name in _INPUTS]
 
 
 def diff(left: EnvironmentSpec, right: EnvironmentSpec) -> list[Difference]:
     """Exactly which inputs differ; an empty list means the same key."""
+    a_inputs, b_inputs = canonical_inputs(left), canonical_inputs(right)
     out = []
     for name in _INPUTS:
-        a, b = _lines(left, name), _lines(right, name)
-        if a != b:
-            if name in _ORDERED:  # order is meaning here: show both sides whole
-                out.append(Difference(name, tuple(a), tuple(b)))
-            else:
-                only_a = tuple(x for x in a if x not in set(b))
-                only_b = tuple(x for x in b if x not in set(a))
-                out.append(Difference(name, only_a, only_b))
+        if _canonical(a_inputs, name) == _canonical(b_inputs, name):
+            continue
+        a, b = _lines(left, name, a_inputs), _lines(right, name, b_inputs)
+        if a == b:  # the readable form hides the difference (a heredoc body): show the inputs
+            a = [json.dumps(_canonical(a_inputs, name), sort_keys=True)]
+            b = [json.dumps(_canonical(b_inputs, name), sort_keys=True)]
+        if name in _ORDERED:  # order is meaning here: show both sides whole
+            out.append(Difference(name, tuple(a), tuple(b)))
+        else:
+            only_b, only_a = set(b), set(a)
+            out.append(
+                Difference(
+                    name,
+                    tuple(x for x in a if x not in only_b),
+                    tuple(x for x in b if x not in only_a),
+                )
+            )
     return out
+
+
+def _canonical(inputs: dict[str, Any], name: str) -> Any:
+    """The canonical value of one input (`conda.pip` is inside `conda`)."""
+    if name.startswith("conda."):
+        return (inputs["conda"] or {}).get(name.split(".", 1)[1])
+    return inputs[name]
 
 
 _INPUTS = (
@@ -53,8 +72,7 @@ _INPUTS = (
 _ORDERED = frozenset({"conda.channels", "conda.pip_options", "docker_steps"})
 
 
-def _lines(spec: EnvironmentSpec, name: str) -> list[str]:
-    inputs = canonical_inputs(spec)
+def _lines(spec: EnvironmentSpec, name: str, inputs: dict[str, Any]) -> list[str]:
     if name == "base_image":
         base = spec.base_image
         if base.digest is None:

@@ -162,3 +162,20 @@ def test_force_rebuild_builds_even_on_a_hit(tmp_path: Path) -> None:
     assert again.digest == rebuilt.digest, "the same process sees the rebuilt image"
     held = LayoutRegistry(tmp_path / "registry").keys()
     assert compute_key(_spec()) in held
+
+
+def test_a_failure_after_the_tag_was_written_does_not_build_again(tmp_path: Path) -> None:
+    resolver, builder = _resolver(tmp_path)
+
+    class FailsAfterPushing(StandInBuilder):
+        def build(
+            self, spec: EnvironmentSpec, key: EnvKey, build_id: str, on_event: OnEvent
+        ) -> ImageRef:
+            super().build(spec, key, build_id, on_event)
+            raise EngineUnavailable("the metadata write blipped")
+
+    flaky = FailsAfterPushing(builder.registry)
+    resolver = Resolver(builder.registry, flaky, state=tmp_path / "state", retry=NO_WAIT)
+    built = resolver.resolve(_spec())
+    assert built is not None
+    assert (built.source, flaky.calls) == ("built", 1)

@@ -79,3 +79,19 @@ def test_the_three_formats_give_one_key_for_one_environment() -> None:
         conda=(conda_env, {}),
     )
     assert compute_key(as_conda) == compute_key(as_envctl) == compute_key(as_azureml)
+
+
+def test_explain_finds_a_difference_exactly_when_the_keys_differ() -> None:
+    from hashing.explain import diff
+
+    def spec(body: str) -> Any:
+        return complete_spec(
+            parse_spec_text(
+                f"base_image: ubuntu\ndocker_steps: |\n  RUN <<EOF\n  {body}\n  EOF\n", "s"
+            )
+        )
+
+    a, b = spec("echo one"), spec("echo two")  # only a heredoc body differs
+    assert compute_key(a) != compute_key(b)
+    assert [d.input for d in diff(a, b)] == ["docker_steps"]
+    assert diff(a, spec("echo one")) == []
