@@ -21,9 +21,10 @@ import pytest
 from docker import APIClient
 from docker.errors import ImageNotFound, NotFound
 
-from builder.docker import DockerBuilder, JsonLog, Network, write_context
+from builder.docker import DockerBuilder, Network, write_context
 from builder.errors import BuildTimeout, EngineUnavailable, StepFailed
 from builder.render import BuildContext, env_prefix, render
+from builder.stream import JsonLog
 from hashing import (
     CondaEnvironment,
     EnvironmentSpec,
