@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import socket
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,22 +19,6 @@ from tests.registry.images import push_image
 from tests.registry.servers import ALICE, Served
 
 SPEC = str(EXAMPLES / "hello.envctl.yml")
-
-
-@pytest.fixture
-def tiers(
-    services: Services, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> Iterator[tuple[OciRegistry, OciRegistry]]:
-    """Fresh namespaces in both real registries, configured for the CLI through the environment."""
-    ns = f"cli-{uuid.uuid4().hex[:12]}"
-    workspace = OciRegistry(f"{services.workspace_registry}/{ns}")
-    global_ = OciRegistry(f"{services.global_registry}/{ns}")
-    monkeypatch.setenv("ENVCTL_WORKSPACE_REGISTRY", workspace.address)
-    monkeypatch.setenv("ENVCTL_GLOBAL_REGISTRY", global_.address)
-    monkeypatch.setenv("ENVCTL_HOME", str(tmp_path / "home"))
-    yield workspace, global_
-    workspace.close()
-    global_.close()
 
 
 def _key(cli: CliRunner, spec: str = SPEC) -> EnvKey:
