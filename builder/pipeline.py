@@ -73,6 +73,8 @@ class DockerImageBuilder:
         self._workspace = workspace
         self._engine = engine
         self._config = config
+        # the engine pushes to a registry it can reach; into an OCI layout it saves instead
+        self._pushes = isinstance(workspace, OciRegistry)
 
     def build(
         self, spec: EnvironmentSpec, key: EnvKey, build_id: str, on_event: OnEvent
@@ -91,9 +93,8 @@ class DockerImageBuilder:
         tag: str | None = None
         try:
             locks = self._prepare(spec, key, folder / "environment", on_event)
-            pushed = isinstance(self._workspace, OciRegistry)  # else saved into a layout
             # the engine's tag: the registry reference it pushes to, or a local name
-            tag = self._workspace.reference(key) if pushed else f"envctl-local/env:{key}"
+            tag = self._workspace.reference(key) if self._pushes else f"envctl-local/env:{key}"
             on_event("build", f"building {key} (build {build_id})")
             self._build_image(spec, key, build_id, folder, tag, locks, on_log)
             on_event("push", f"pushing {key} to {self._workspace.address}")
@@ -123,7 +124,7 @@ class DockerImageBuilder:
 
     def _register(self, tag: str, key: EnvKey, folder: Path, on_log: Callable[[str], None]) -> str:
         """Put the built image in the workspace registry (the tag last); its manifest digest."""
-        if isinstance(self._workspace, OciRegistry):  # the engine pushes, mounting what it can
+        if self._pushes:  # mounting what it can
             return self._engine.push(tag, auth=self._auth(), on_log=on_log)
         archive = folder / "image.tar"  # a registry the engine cannot reach (an OCI layout)
         self._engine.save(tag, archive)

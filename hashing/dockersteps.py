@@ -95,7 +95,6 @@ class ParsedDockerfile:
     """A single-stage Dockerfile split the way envctl uses it: base image, platform, steps."""
 
     base_image: ImageName
-    base_line: int
     platform: str | None
     steps: tuple[DockerStep, ...]
 
@@ -156,7 +155,7 @@ def parse_dockerfile(text: str, source: str) -> ParsedDockerfile:
         raise SpecError(str(exc), source=source, line=frm.line, field="FROM") from None
     defaults = _global_arg_defaults(commands[: froms[0]])
     steps = tuple(_inherit_defaults(step, defaults) for step in commands[froms[0] + 1 :])
-    return ParsedDockerfile(base, frm.line, platform, steps)
+    return ParsedDockerfile(base, platform, steps)
 
 
 def _global_arg_defaults(before_from: tuple[DockerStep, ...]) -> dict[str, str]:

@@ -55,11 +55,6 @@ class ContextManifest:
     entries: tuple[ContextEntry, ...]
     root: str | None = field(default=None, compare=False)
 
-    @property
-    def size(self) -> int:
-        """How many entries the context has."""
-        return len(self.entries)
-
 
 @dataclass(frozen=True)
 class EnvironmentSpec:

@@ -21,13 +21,7 @@ from registry.http import (
     RegistryClient,
     RetryPolicy,
     check,
-    is_loopback,
-    registry_base_url,
 )
-
-__all__ = ["MANIFEST_MEDIA_TYPES", "DigestResolver", "is_loopback", "registry_base_url"]
-
-MANIFEST_MEDIA_TYPES = MANIFEST_TYPES
 
 
 class DigestResolver:
@@ -77,7 +71,7 @@ class DigestResolver:
             "HEAD",
             url,
             scopes=[repository_scope(image.repository, "pull")],
-            headers={"Accept": ", ".join(MANIFEST_MEDIA_TYPES)},
+            headers={"Accept": ", ".join(MANIFEST_TYPES)},
         )
         if response.status_code == 404:
             raise BaseImageNotFound(f"base image {image} not found", endpoint=url, status=404)

@@ -165,8 +165,9 @@ class StoreRegistry(ABC):
     def copy_from(self, source: StoreRegistry, key: EnvKey) -> ImageRef:
         """Copy `key`'s image, then its metadata if it has some, from `source` into here."""
         manifest = copy_tag(source, self, key)  # verified there by digest: a confirmed hit
-        if source.resolve(key + META_SUFFIX) is not None:
-            copy_tag(source, self, key + META_SUFFIX)
+        metadata = source.get_manifest(key + META_SUFFIX)
+        if metadata is not None:
+            copy_tag(source, self, key + META_SUFFIX, metadata)
         return self._remember(key, manifest.digest)
 
     def keys(self) -> list[EnvKey]:
@@ -186,10 +187,13 @@ class StoreRegistry(ABC):
         self.put_blob(descriptor, iter((data,)))
 
 
-def copy_tag(source: StoreRegistry, target: StoreRegistry, tag: str) -> Manifest:
+def copy_tag(
+    source: StoreRegistry, target: StoreRegistry, tag: str, manifest: Manifest | None = None
+) -> Manifest:
     """Copy the image under `tag` from `source` to `target`: every blob, verified, then every
-    child manifest by digest, and the tag last, so a failure leaves no tag behind."""
-    manifest = source.get_manifest(tag)
+    child manifest by digest, and the tag last, so a failure leaves no tag behind. `manifest`
+    is the source's manifest of `tag` when the caller already has it."""
+    manifest = manifest or source.get_manifest(tag)
     if manifest is None:
         raise ImageNotFound(f"{tag} is not in the source registry", endpoint=source.reference(tag))
     _copy_tree(source, target, manifest)

@@ -15,14 +15,14 @@ from registry import (
     is_loopback,
     registry_base_url,
 )
-from registry.digests import MANIFEST_MEDIA_TYPES
+from registry.base import MANIFEST_TYPES
 from tests.conftest import Services
 
 
 def test_a_tag_resolves_to_the_digest_the_registry_serves(services: Services) -> None:
     image = parse_image(services.base_image)
     url = f"http://{image.domain}/v2/{image.repository}/manifests/{image.tag}"
-    served = httpx.head(url, headers={"Accept": ", ".join(MANIFEST_MEDIA_TYPES)})
+    served = httpx.head(url, headers={"Accept": ", ".join(MANIFEST_TYPES)})
     with DigestResolver() as resolver:
         pinned = resolver.resolve(image)
     assert pinned.digest == served.headers["Docker-Content-Digest"]
