@@ -35,6 +35,8 @@ typecheck: $(STAMP)
 	$(BIN)/mypy scripts/build-channel
 	$(BIN)/mypy bench/lookup
 	$(BIN)/mypy bench/build
+	$(BIN)/mypy bench/serve
+	$(BIN)/mypy examples/runner/run.py
 
 pytest: $(STAMP) services
 	@$(SERVICES_ENV) && $(BIN)/pytest
@@ -45,6 +47,7 @@ bench: $(STAMP) services
 	@$(SERVICES_ENV) && $(BIN)/python bench/hash
 	@$(SERVICES_ENV) && $(BIN)/python bench/lookup
 	@$(SERVICES_ENV) && $(BIN)/python bench/build
+	@$(SERVICES_ENV) && $(BIN)/python bench/serve
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -6,12 +6,12 @@ Exit codes, one table for every command (`EXIT_CODES`):
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,14 +19,17 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from api import views
+from api import admin, views
+from api.client import EnvctlClient
+from api.errors import BuildFailed, NotFound, QueueFull, ServiceUnavailable, Unauthorized
+from api.local import LocalEnvironments
+from api.models import BuildView, ImageView
 from api.prewarm import prewarm, summary
+from api.records import GLOBAL_WORKSPACE, Workspace
+from api.request import ResolveRequest, request_from_file
 from api.settings import Settings
 from api.specfiles import load_spec
-from builder.docker import DockerBuilder
 from builder.errors import ChannelUnavailable, EngineUnavailable
-from builder.pipeline import BuildConfig, DockerImageBuilder
-from builder.resolve import Resolver
 from hashing import (
     EnvctlError,
     EnvironmentSpec,
@@ -40,16 +43,17 @@ from hashing import (
     parse_image,
 )
 from registry import DigestResolver, RegistryUnavailable
-from registry.auth import Credentials
-from registry.base import ImageRef, Registry
+from registry.base import ImageRef
 from registry.errors import BaseImageNotFound
-from registry.open import open_registry, open_tiers
-from registry.store import StoreRegistry
+from registry.metadata import EnvMetadata
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_UNAVAILABLE = 0, 1, 2, 3
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
     (SpecError, EXIT_INVALID),
+    (Unauthorized, EXIT_INVALID),  # ENVCTL_TOKEN is wrong: the user's to fix
+    (ServiceUnavailable, EXIT_UNAVAILABLE),
+    (QueueFull, EXIT_UNAVAILABLE),
     (BaseImageNotFound, EXIT_INVALID),  # the spec names a base image that does not exist
     (RegistryUnavailable, EXIT_UNAVAILABLE),
     (EngineUnavailable, EXIT_UNAVAILABLE),
@@ -88,7 +92,12 @@ FormatOpt = Annotated[
 
 
 def exit_code(exc: Exception) -> int:
-    """The CLI's exit code for an error, from the one table."""
+    """The CLI's exit code for an error, from the one table (a server's build failure by the
+    class of its error, as if it had failed here)."""
+    if isinstance(exc, BuildFailed):
+        if exc.failure_class in BuildFailed.INVALID:
+            return EXIT_INVALID
+        return EXIT_UNAVAILABLE if exc.transient else EXIT_FAILED
     for kind, code in EXIT_CODES:
         if isinstance(exc, kind):
             return code
@@ -100,46 +109,18 @@ class _Context:
     settings: Settings
     resolver: DigestResolver
     closers: list[Callable[[], None]] = field(default_factory=list)
-    _registry: Registry | None = None
-    _workspace: StoreRegistry | None = None
+    _environments: EnvctlClient | LocalEnvironments | None = None
 
-    def registry(self) -> Registry:
-        """The configured registries as one (opened on first use: hashing needs none)."""
-        if self._registry is None:
+    def environments(self) -> EnvctlClient | LocalEnvironments:
+        """The service: the server at ENVCTL_URL, or an embedded one in this process."""
+        if self._environments is None:
             s = self.settings
-
-            def opened(address: str, credentials: Credentials | None) -> StoreRegistry:
-                registry = open_registry(
-                    address,
-                    credentials=credentials,
-                    insecure=s.insecure_registries,
-                    timeout=s.registry_timeout,
-                )
-                self.closers.append(registry.close)
-                return registry
-
-            workspace = opened(s.workspace_registry or s.embedded_registry, s.workspace_credentials)
-            global_ = opened(s.global_registry, s.global_credentials) if s.global_registry else None
-            self._workspace = workspace
-            self._registry = open_tiers(workspace, global_)
-        return self._registry
-
-    def images(self) -> Resolver:
-        """Lookup, and on a miss one build per key, on the configured engine and registries."""
-        s = self.settings
-        registry = self.registry()
-        assert self._workspace is not None
-        engine = DockerBuilder(
-            base_url=s.docker_host or DEFAULT_DOCKER_HOST,
-            timeout=s.build_timeout,
-            memory=s.build_memory,
-            cpus=s.build_cpus,
-            network=s.build_network,  # type: ignore[arg-type]
-        )
-        self.closers.append(engine.close)
-        config = BuildConfig(s.home, s.workspace_credentials)
-        builder = DockerImageBuilder(self._workspace, engine, config)
-        return Resolver(registry, builder, state=s.home)
+            if s.server_url:
+                self._environments = EnvctlClient(s.server_url, s.token, workspace=s.workspace)
+            else:
+                self._environments = LocalEnvironments(s)
+            self.closers.append(self._environments.close)
+        return self._environments
 
     def close(self) -> None:
         """Close every connection this invocation opened."""
@@ -182,6 +163,18 @@ def _keyed(
     return spec, compute_key(spec)
 
 
+def _hash(
+    c: _Context, path: str, *, resolve: bool, base_image: str | None, fmt: str | None
+) -> tuple[str, bool]:
+    """A spec's key and whether it is pinned: the server's (its package sources are part of
+    the key) when there is one, else computed here."""
+    if c.settings.server_url and resolve:
+        answer = c.environments().hash(_request(c, path, base_image, fmt))
+        return answer.key, answer.pinned
+    spec, key = _keyed(c, path, resolve=resolve, base_image=base_image, fmt=fmt)
+    return key, spec.base_image.pinned
+
+
 def _default_base(c: _Context, flag: str | None) -> ImageName | None:
     text = flag or c.settings.default_base_image
     if text is None:
@@ -219,12 +212,11 @@ def hash_command(
     results: list[dict[str, Any]] = []
     for path in specs:
         try:
-            spec, key = _keyed(c, path, resolve=not no_resolve, base_image=base_image, fmt=fmt)
+            key, pinned = _hash(c, path, resolve=not no_resolve, base_image=base_image, fmt=fmt)
         except EnvctlError as exc:
             failed = _fail(exc)  # every failure is printed; the first sets the exit code
             code = code or failed
             continue
-        pinned = spec.base_image.pinned
         results.append({"spec": path, "key": key, "pinned": pinned})
         if not as_json:
             out.print(f"{key}  {escape(path)}", markup=True)
@@ -283,24 +275,65 @@ def resolve_command(
     the workspace), else built once. Prints the image reference; progress goes to stderr."""
     c = _context(ctx)
     try:
-        env_spec, key = _keyed(c, spec, resolve=True, base_image=base_image, fmt=fmt)
-        hit = c.images().resolve(
-            env_spec,
-            build=not no_build,
-            force_rebuild=force_rebuild,
-            on_event=functools.partial(views.progress, err),
-        )
+        request = _request(c, spec, base_image, fmt)
+        envs = c.environments()
+        if no_build:
+            answer = envs.resolve(request, build=False, force_rebuild=force_rebuild)
+            assert isinstance(answer, ImageView)
+            image = answer
+        else:
+            with views.LiveProgress(err, spec) as progress:
+                image = envs.resolve_image(request, force_rebuild=force_rebuild, on_log=progress)
+    except NotFound as exc:
+        err.print(f"not found: {escape(exc.message)}")
+        raise typer.Exit(EXIT_FAILED) from None
     except EnvctlError as exc:
         raise typer.Exit(_fail(exc)) from None
-    if hit is None:
-        err.print(f"not found: {key} is in no registry")
-        raise typer.Exit(EXIT_FAILED)
     if as_json:
-        print(json.dumps(hit.as_json()))
+        print(image.model_dump_json(exclude_none=True))
     else:
-        out.print(escape(hit.image))
-        built = f" (build {hit.build_id})" if hit.build_id else ""
-        err.print(f"{hit.source}{built}: {hit.digest}")
+        out.print(escape(image.image))
+        built = f" (build {image.build_id})" if image.build_id else ""
+        err.print(f"{image.source}{built}: {image.digest}")
+
+
+def _request(c: _Context, path: str, base_image: str | None, fmt: str | None) -> ResolveRequest:
+    """A spec file and the files it names, as the service takes them."""
+    default = base_image or c.settings.default_base_image
+    if default is not None:
+        _default_base(c, base_image)  # a malformed --base-image is the flag's error
+    return request_from_file(path, format=_format(fmt), base_image=default)
+
+
+@app.command("logs")
+def logs_command(
+    ctx: typer.Context,
+    build_id: Annotated[str, typer.Argument(help="The build's id (from resolve or prewarm).")],
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Stream the log until the build is over.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print a build's log (so far, or live with --follow), then its status; exit 1 if it
+    failed."""
+    c = _context(ctx)
+    end: BuildView | None = None
+    try:
+        for item in c.environments().logs(build_id, follow=follow):
+            if isinstance(item, BuildView):
+                end = item
+            elif as_json:
+                print(item.model_dump_json())
+            else:
+                views.progress(out, item.stage, item.text)
+    except EnvctlError as exc:
+        raise typer.Exit(_fail(exc)) from None
+    assert end is not None
+    if as_json:
+        print(end.model_dump_json(exclude_none=True))
+    else:
+        views.build_status(err, end)
+    raise typer.Exit(EXIT_FAILED if end.status == "failed" else EXIT_OK)
 
 
 @app.command("prewarm")
@@ -319,35 +352,18 @@ def prewarm_command(
     """Resolve many specs at once (hit, promote or build), then print a summary; exit 1 if
     any failed. CI runs it so that images exist before a job waits for them."""
     c = _context(ctx)
-    if to_global:
-        s = c.settings
-        if not s.global_registry:
-            raise typer.Exit(
-                _fail(SpecError("--global needs ENVCTL_GLOBAL_REGISTRY", source="--global"))
-            )
-        c = _Context(
-            replace(
-                s,
-                workspace_registry=s.global_registry,
-                workspace_credentials=s.global_credentials,
-                global_registry=None,
-                global_credentials=None,
-            ),
-            c.resolver,
-        )
-        ctx.call_on_close(c.close)
     try:
-        resolver = c.images()
+        envs = _prewarm_target(c, to_global)
     except EnvctlError as exc:
         raise typer.Exit(_fail(exc)) from None
+    ctx.call_on_close(envs.close)
 
     def resolve_one(path: str) -> ImageRef:
-        spec, _ = _keyed(c, path, resolve=True, base_image=base_image, fmt=fmt)
-        hit = resolver.resolve(
-            spec, on_event=lambda stage, message: views.prewarm_progress(err, path, stage, message)
+        view = envs.resolve_image(
+            _request(c, path, base_image, fmt),
+            on_log=lambda event: views.prewarm_progress(err, path, event.stage, event.text),
         )
-        assert hit is not None  # resolve with build=True finds or builds
-        return hit
+        return ImageRef(EnvKey(view.key), view.image, view.digest, view.source, view.build_id)
 
     outcomes = prewarm(specs, resolve_one, concurrency=concurrency)
     if as_json:
@@ -361,6 +377,20 @@ def prewarm_command(
     raise typer.Exit(EXIT_FAILED if any(o.error is not None for o in outcomes) else EXIT_OK)
 
 
+def _prewarm_target(c: _Context, to_global: bool) -> EnvctlClient | LocalEnvironments:
+    """Where prewarm builds: the workspace, or with --global the global registry (through a
+    server, an admin token's; embedded, the global registry's credentials)."""
+    s = c.settings
+    if not to_global:
+        return c.environments()
+    if s.server_url:
+        return EnvctlClient(s.server_url, s.token, workspace=GLOBAL_WORKSPACE)
+    if not s.global_registry:
+        raise SpecError("--global needs ENVCTL_GLOBAL_REGISTRY", source="--global")
+    target = Workspace(GLOBAL_WORKSPACE, s.global_registry, datetime.now(UTC))
+    return LocalEnvironments(s, workspace=target)
+
+
 @app.command("inspect")
 def inspect_command(
     ctx: typer.Context,
@@ -372,19 +402,23 @@ def inspect_command(
     """Show what is stored with an environment's image: spec, lock, Dockerfile, log, facts."""
     c = _context(ctx)
     try:
-        key = EnvKey(target)
+        envs = c.environments()
+        key = target
         if not is_key(target) or Path(target).exists():
-            key = _keyed(c, target, resolve=True, base_image=base_image, fmt=fmt)[1]
-        metadata = c.registry().get_metadata(key)
+            key = envs.hash(_request(c, target, base_image, fmt)).key
+        metadata = EnvMetadata.from_json(envs.environment(key))
+    except NotFound:
+        err.print(f"not found: no metadata for {key}")
+        raise typer.Exit(EXIT_FAILED) from None
     except EnvctlError as exc:
         raise typer.Exit(_fail(exc)) from None
-    if metadata is None:
-        err.print(f"not found: no metadata for {key}")
-        raise typer.Exit(EXIT_FAILED)
     if as_json:
         print(json.dumps(metadata.as_json(), indent=2))
         return
     views.metadata(out, metadata)
+
+
+admin.register(app)
 
 
 def main() -> None:
@@ -394,6 +428,8 @@ def main() -> None:
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    except EnvctlError as exc:  # commands that do not catch their own (workspace, token)
+        code = _fail(exc)
     # Leave without interpreter finalization: py-rattler's runtime threads can still be winding
     # down after a failed fetch, and finalizing under them aborts the process (exit 134),
     # hiding envctl's own exit code. Everything envctl opened is closed by now.

@@ -22,6 +22,18 @@ passed down. Environment variables win over the file.
     ENVCTL_PIP_FIND_LINKS          comma-separated folders or pages of wheels (without an index
                                    URL, only these are used)
     DOCKER_HOST                    the Docker engine (default: the local socket)
+
+    The service (`envctl serve`) and its clients:
+    ENVCTL_URL                     an envctl server: the CLI then talks to it (else embedded)
+    ENVCTL_TOKEN                   the bearer token sent to it
+    ENVCTL_WORKSPACE               the workspace the embedded CLI works in (default: default)
+    ENVCTL_DATABASE_URL            build records (SQLAlchemy URL; default SQLite in ENVCTL_HOME)
+    ENVCTL_WORKERS                 builds one service process runs at once (default 2)
+    ENVCTL_MAX_RUNNING             running builds per workspace (default 2)
+    ENVCTL_MAX_QUEUED              queued builds per workspace before 429 (default 32)
+    ENVCTL_TAG_TTL                 seconds a server trusts a base-image tag's digest (default 10)
+    ENVCTL_TOKEN_TTL               seconds a server trusts a token it checked: a revocation
+                                   takes effect within this time (default 5)
 """
 
 from __future__ import annotations
@@ -60,6 +72,20 @@ class Settings:
     docker_host: str | None = None
     pip_index_url: str | None = None
     pip_find_links: tuple[str, ...] = ()
+    server_url: str | None = None
+    token: str | None = None
+    workspace: str = "default"
+    database_url: str | None = None
+    workers: int = 2
+    max_running: int = 2
+    max_queued: int = 32
+    tag_ttl: float = 10.0
+    token_ttl: float = 5.0
+
+    @property
+    def database(self) -> str:
+        """The SQLAlchemy URL of the build records: configured, or SQLite in envctl's home."""
+        return self.database_url or f"sqlite:///{self.home / 'envctl.db'}"
 
     @property
     def embedded_registry(self) -> str:
@@ -93,6 +119,15 @@ class Settings:
             docker_host=env.get("DOCKER_HOST") or None,
             pip_index_url=env.get("ENVCTL_PIP_INDEX_URL") or None,
             pip_find_links=_list(env.get("ENVCTL_PIP_FIND_LINKS", "")),
+            server_url=env.get("ENVCTL_URL") or None,
+            token=env.get("ENVCTL_TOKEN") or None,
+            workspace=env.get("ENVCTL_WORKSPACE") or "default",
+            database_url=env.get("ENVCTL_DATABASE_URL") or None,
+            workers=_count(env, "ENVCTL_WORKERS", 2),
+            max_running=_count(env, "ENVCTL_MAX_RUNNING", 2),
+            max_queued=_count(env, "ENVCTL_MAX_QUEUED", 32),
+            tag_ttl=_number(env, "ENVCTL_TAG_TTL", 10.0),
+            token_ttl=_number(env, "ENVCTL_TOKEN_TTL", 5.0),
         )
 
 
@@ -172,3 +207,12 @@ def _number(env: Mapping[str, str], name: str, default: float | None) -> Any:
         return float(text)
     except ValueError:
         raise SpecError(f"not a number: {text!r}", source=name) from None
+
+
+def _count(env: Mapping[str, str], name: str, default: int) -> int:
+    text = env.get(name)
+    if not text:
+        return default
+    if not text.strip().isdigit() or int(text) < 1:
+        raise SpecError(f"not a positive whole number: {text!r}", source=name)
+    return int(text)

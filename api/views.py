@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
 
 from rich.console import Console
 from rich.markup import escape
+from rich.status import Status
 
+from api.models import BuildView, LogEventView
 from hashing import EnvironmentSpec, EnvKey, canonical_inputs
 from hashing.explain import describe, diff
 from registry.metadata import EnvMetadata
@@ -98,3 +101,48 @@ def progress(err: Console, stage: str, message: str) -> None:
         err.print(f"  {escape(message)}", style="dim")
     else:
         err.print(f"[bold]{stage}[/bold] {escape(message)}")
+
+
+def build_status(err: Console, build: BuildView) -> None:
+    """A build's outcome, after its log."""
+    took = f" in {build.running_seconds:.1f} s" if build.running_seconds is not None else ""
+    if build.status == "succeeded":
+        err.print(f"[green]succeeded[/green]{took}: {escape(build.image or '')}")
+    elif build.status == "failed":
+        err.print(f"[red]failed[/red]{took} ({build.failure_class}): {escape(build.message or '')}")
+    else:
+        where = f", position {build.position} in the queue" if build.position else ""
+        err.print(f"{build.status}{where}")
+
+
+class LiveProgress:
+    """Resolve's progress on stderr: the build log as it streams and, on a terminal, a status
+    line below it with the current stage and how long the build has run."""
+
+    def __init__(self, err: Console, spec: str) -> None:
+        self._err = err
+        self._spec = spec
+        self._status: Status | None = None
+        self._stage = "resolving"
+        self._started = time.monotonic()
+
+    def __enter__(self) -> LiveProgress:
+        if self._err.is_terminal:
+            self._status = self._err.status(self._text())
+            self._status.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._status is not None:
+            self._status.stop()
+
+    def __call__(self, event: LogEventView) -> None:
+        progress(self._err, event.stage, event.text)
+        if event.stage != "log":
+            self._stage = event.stage
+        if self._status is not None:
+            self._status.update(self._text())
+
+    def _text(self) -> str:
+        seconds = time.monotonic() - self._started
+        return f"[bold]{escape(self._spec)}[/bold]: {self._stage} ({seconds:.0f} s)"

@@ -97,6 +97,13 @@ class DockerBuilder:
         """Close the connections to the engine."""
         self._api.close()
 
+    def ping(self) -> None:
+        """Raise EngineUnavailable unless the engine answers."""
+        try:
+            self._api.ping()
+        except (docker.errors.DockerException, requests.RequestException) as exc:
+            raise EngineUnavailable(f"the Docker engine at {self.base_url}: {exc}") from exc
+
     def build(
         self,
         context_dir: Path,

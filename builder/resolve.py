@@ -126,9 +126,11 @@ class Resolver:
         build: bool = True,
         force_rebuild: bool = False,
         on_event: OnEvent | None = None,
+        build_id: str | None = None,
     ) -> ImageRef | None:
         """The image of `spec` (its base image already pinned); None only when `build` is
-        False and no registry has it."""
+        False and no registry has it. `build_id` names the build, if one runs (its retries
+        are `ID.2`, `ID.3`...); by default a new id is drawn."""
         key = compute_key(spec)
         emit = on_event or _ignore
         if not force_rebuild:
@@ -140,10 +142,10 @@ class Resolver:
                 raise remembered
         elif not build:
             return self._registry.lookup(key)
-        return self._single_flight(spec, key, force_rebuild, emit)
+        return self._single_flight(spec, key, force_rebuild, emit, build_id or _new_id())
 
     def _single_flight(
-        self, spec: EnvironmentSpec, key: EnvKey, force_rebuild: bool, emit: OnEvent
+        self, spec: EnvironmentSpec, key: EnvKey, force_rebuild: bool, emit: OnEvent, build_id: str
     ) -> ImageRef:
         with self._guard:
             future = self._inflight.get(key)
@@ -154,7 +156,7 @@ class Resolver:
             emit("wait", f"joining the build of {key} already running in this process")
             return future.result()
         try:
-            result = self._build_once(spec, key, force_rebuild, emit)
+            result = self._build_once(spec, key, force_rebuild, emit, build_id)
         except BaseException as exc:
             future.set_exception(exc)
             raise
@@ -166,7 +168,7 @@ class Resolver:
                 del self._inflight[key]
 
     def _build_once(
-        self, spec: EnvironmentSpec, key: EnvKey, force_rebuild: bool, emit: OnEvent
+        self, spec: EnvironmentSpec, key: EnvKey, force_rebuild: bool, emit: OnEvent, build_id: str
     ) -> ImageRef:
         with self._host_lock(key, emit):
             if force_rebuild:
@@ -178,12 +180,16 @@ class Resolver:
                 remembered = self._failures.get(key)
                 if remembered is not None:
                     raise remembered
-            return self._build_with_retries(spec, key, emit)
+            return self._build_with_retries(spec, key, emit, build_id)
 
-    def _build_with_retries(self, spec: EnvironmentSpec, key: EnvKey, emit: OnEvent) -> ImageRef:
+    def _build_with_retries(
+        self, spec: EnvironmentSpec, key: EnvKey, emit: OnEvent, first_id: str
+    ) -> ImageRef:
         delays = self._retry.delays()
+        attempt = 0
         while True:
-            build_id = uuid.uuid4().hex[:16]
+            attempt += 1
+            build_id = first_id if attempt == 1 else f"{first_id}.{attempt}"
             try:
                 return replace(self._builder.build(spec, key, build_id, emit), source="built")
             except BuildError as exc:
@@ -219,6 +225,10 @@ class Resolver:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex[:16]
 
 
 def _ignore(stage: str, message: str) -> None:

@@ -119,6 +119,11 @@ class Registry(Protocol):
         """The image of `key`, or None when this registry does not have it."""
         ...
 
+    def remembered(self, key: EnvKey) -> ImageRef | None:
+        """The hit of `key` this object has already confirmed, without asking anyone (None
+        when it has not: then `lookup` asks)."""
+        ...
+
     def get_metadata(self, key: EnvKey) -> EnvMetadata | None:
         """The metadata stored with `key`'s image, or None."""
         ...

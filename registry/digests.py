@@ -8,6 +8,7 @@ HTTP, authentication (anonymous bearer tokens for public images) and retries are
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
 import httpx
@@ -25,7 +26,8 @@ from registry.http import (
 
 
 class DigestResolver:
-    """Resolves tags to digests over HTTP; remembers answers for its own lifetime only."""
+    """Resolves tags to digests over HTTP; remembers answers for its own lifetime, or for
+    `ttl` seconds (a long-running server must notice a moved tag: that is a new key)."""
 
     def __init__(
         self,
@@ -35,6 +37,7 @@ class DigestResolver:
         client: httpx.Client | None = None,
         credentials: Credentials | CredentialSource | None = None,
         retries: int | RetryPolicy = DEFAULT_RETRIES,
+        ttl: float | None = None,
     ) -> None:
         self._http = RegistryClient(
             credentials=credentials,
@@ -43,7 +46,8 @@ class DigestResolver:
             retries=retries,
             client=client,
         )
-        self._seen: dict[ImageName, str] = {}
+        self._ttl = ttl
+        self._seen: dict[ImageName, tuple[str, float]] = {}
 
     def close(self) -> None:
         """Close the HTTP connections."""
@@ -59,11 +63,21 @@ class DigestResolver:
         """`image` pinned to the digest its tag points to now; a pinned image comes back as is."""
         if image.pinned:
             return image
-        digest = self._seen.get(image)
-        if digest is None:
-            digest = self._head_digest(image)
-            self._seen[image] = digest
-        return image.with_digest(digest)
+        seen = self._seen.get(image)
+        now = time.monotonic()
+        if seen is None or (self._ttl is not None and now - seen[1] > self._ttl):
+            seen = self._seen[image] = (self._head_digest(image), now)
+        return image.with_digest(seen[0])
+
+    def remembered(self, image: ImageName) -> ImageName | None:
+        """`image` pinned from what this resolver knows and still trusts, without asking the
+        registry; None when it would have to ask."""
+        if image.pinned:
+            return image
+        seen = self._seen.get(image)
+        if seen is None or (self._ttl is not None and time.monotonic() - seen[1] > self._ttl):
+            return None
+        return image.with_digest(seen[0])
 
     def _head_digest(self, image: ImageName) -> str:
         url = f"{self._http.base_url(image.domain)}/v2/{image.repository}/manifests/{image.tag}"

@@ -65,6 +65,20 @@ class EnvMetadata:
         facts.pop("key", None)
         return cls(key=key, spec_json=texts.pop("spec_json", ""), facts=facts, **texts)
 
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> EnvMetadata:
+        """The inverse of `as_json` (what the API answers)."""
+        spec = body.get("spec")
+        return cls(
+            key=EnvKey(body["key"]),
+            spec_json="" if spec is None else json.dumps(spec, indent=2),
+            lock=body.get("lock"),
+            pip_lock=body.get("pip_lock"),
+            dockerfile=body.get("dockerfile"),
+            build_log=body.get("build_log"),
+            facts=dict(body.get("facts") or {}),
+        )
+
     def as_json(self) -> dict[str, Any]:
         """The shape `envctl inspect --json` prints."""
         return {

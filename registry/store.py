@@ -109,6 +109,10 @@ class StoreRegistry(ABC):
             self._hits[key] = hit
         return hit
 
+    def remembered(self, key: EnvKey) -> ImageRef | None:
+        """The hit of `key` this object has already confirmed, without asking the registry."""
+        return self._hits.get(key)
+
     def forget(self, key: EnvKey | None = None) -> None:
         """Drop the remembered hit of `key`, or every remembered hit (None), so the next lookup
         asks the registry again. For operators and benchmarks: after a tag was deleted outside

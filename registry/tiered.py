@@ -37,6 +37,10 @@ class TieredRegistry:
             return None
         return replace(self.workspace.copy_from(self.global_, key), source="global")
 
+    def remembered(self, key: EnvKey) -> ImageRef | None:
+        """The workspace's confirmed hit of `key` (a promoted image is one, once copied)."""
+        return self.workspace.remembered(key)
+
     def get_metadata(self, key: EnvKey) -> EnvMetadata | None:
         """The workspace's metadata of `key`, else the global registry's."""
         found = self.workspace.get_metadata(key)

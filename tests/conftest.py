@@ -32,6 +32,7 @@ class Services:
     busybox_image: str
     python_image: str  # the Debian base with python3 and pip (apt)
     channels: str  # the local conda channel's root URL, e.g. http://127.0.0.1:5003/
+    database_url: str  # PostgreSQL for the build store: postgresql+psycopg://envctl@HOST:PORT/DB
 
     @property
     def global_host(self) -> str:
@@ -73,6 +74,7 @@ def services() -> Services:
         busybox_image=_require("ENVCTL_TEST_BUSYBOX_IMAGE"),
         python_image=_require("ENVCTL_TEST_PYTHON_IMAGE"),
         channels=_require("ENVCTL_CHANNELS"),
+        database_url=_require("ENVCTL_TEST_DATABASE_URL"),
     )
 
 

@@ -103,10 +103,12 @@ def test_a_hit_is_remembered_and_a_miss_is_not(make: Factory) -> None:
     registry, other_view, key = make(), make(), _key()
     assert registry.lookup(key) is None
     push_image(other_view, key)
+    assert registry.remembered(key) is None  # nothing confirmed yet: it does not ask
     hit = registry.lookup(key)  # a miss was not cached: the image is seen at once
     assert hit is not None
     other_view.delete(key)
     assert registry.lookup(key) == hit, "a confirmed hit is kept (tags are immutable)"
+    assert registry.remembered(key) == hit
     assert make().lookup(key) is None
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import socket
+import uuid
 
 import httpx
 import pytest
@@ -75,3 +77,37 @@ def test_loopback_registries_speak_plain_http(domain: str, loopback: bool) -> No
 def test_configured_insecure_registries_speak_plain_http() -> None:
     url = registry_base_url("registry.example.invalid:5000", ["registry.example.invalid:5000"])
     assert url == "http://registry.example.invalid:5000"
+
+
+def _move_tag(services: Services, tag: str, note: str) -> str:
+    """Point `base/busybox:TAG` in the global registry at a manifest unique to `note` (the
+    busybox manifest with an annotation); its digest."""
+    image = parse_image(services.busybox_image)
+    base = f"http://{image.domain}/v2/{image.repository}/manifests"
+    got = httpx.get(f"{base}/{image.tag}", headers={"Accept": ", ".join(MANIFEST_TYPES)})
+    manifest = got.json() | {"annotations": {"envctl.test": note}}
+    put = httpx.put(
+        f"{base}/{tag}",
+        content=json.dumps(manifest),
+        headers={"Content-Type": got.headers["Content-Type"]},
+    )
+    assert put.status_code == 201, put.text
+    return str(put.headers["Docker-Content-Digest"])
+
+
+def test_a_resolver_with_a_ttl_notices_a_moved_tag_and_one_without_keeps_its_answer(
+    services: Services,
+) -> None:
+    tag = f"moving-{uuid.uuid4().hex[:12]}"
+    image = parse_image(f"{parse_image(services.busybox_image).name}:{tag}")
+    before = _move_tag(services, tag, "before")
+    with DigestResolver() as keeps, DigestResolver(ttl=0) as follows:
+        assert keeps.resolve(image).digest == follows.resolve(image).digest == before
+        after = _move_tag(services, tag, "after")
+        assert after != before
+        assert keeps.resolve(image).digest == before  # a CLI call: one answer per process
+        assert follows.resolve(image).digest == after  # a server: the tag's digest now
+        remembered = keeps.remembered(image)  # what it can answer without asking
+        assert remembered is not None
+        assert remembered.digest == before
+        assert follows.remembered(image) is None  # its answer is too old to trust

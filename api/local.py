@@ -1,0 +1,156 @@
+"""The embedded envctl: the client's calls answered by an `EnvironmentService` in this process.
+
+`envctl` without `ENVCTL_URL` uses this instead of `EnvctlClient`; the commands cannot tell the
+two apart. The service is the same one `envctl serve` runs, on the same kind of database
+(SQLite in ENVCTL_HOME by default), so builds, logs and the one-build-per-key rule are shared
+with every other envctl process and server on that database. The one difference: this process
+runs only the builds it asks for (in a thread of its own, while it follows the log), never the
+queue of others, because it exits as soon as it has its answer.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from api.client import OnLog, failure
+from api.errors import NotFound
+from api.models import BuildView, HashView, ImageView, LogEventView
+from api.records import LogLine, Workspace
+from api.request import ResolveRequest
+from api.service import EnvironmentService, ServiceLimits
+from api.settings import Settings
+from api.store import BuildStore
+from hashing import canonical_inputs, compute_key
+
+
+class LocalEnvironments:
+    """`EnvctlClient`'s calls, in-process, for the workspace the settings configure."""
+
+    def __init__(self, settings: Settings, *, workspace: Workspace | None = None) -> None:
+        self.settings = settings
+        self.workspace = settings.workspace if workspace is None else workspace.name
+        store = BuildStore(settings.database)
+        registry = settings.workspace_registry or settings.embedded_registry
+        own = workspace or Workspace(self.workspace, registry, created_at=datetime.now(UTC))
+        self._service = EnvironmentService(
+            settings,
+            store,
+            limits=ServiceLimits(workers=0, max_running=1 << 16, max_queued=1 << 16),
+            workspaces={own.name: own},
+        )
+        self._service.start()
+        self._threads: list[threading.Thread] = []
+
+    def __enter__(self) -> LocalEnvironments:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Finish the builds this process started, then close everything."""
+        for thread in self._threads:
+            thread.join()
+        self._service.stop()
+        self._service.close()
+        self._service.store.close()
+
+    def hash(self, request: ResolveRequest) -> HashView:
+        """The key of a spec, with its canonical inputs."""
+        spec = self._service.spec(request)
+        return HashView(
+            key=compute_key(spec), pinned=spec.base_image.pinned, inputs=canonical_inputs(spec)
+        )
+
+    def resolve(
+        self,
+        request: ResolveRequest,
+        *,
+        wait: float = 0,
+        build: bool = True,
+        force_rebuild: bool = False,
+    ) -> ImageView | BuildView:
+        """One resolve call: the image (hit), or the build that makes it (started here)."""
+        resolved = self._service.resolve(
+            self.workspace, request, build=build, force_rebuild=force_rebuild
+        )
+        if resolved.hit is not None:
+            return ImageView.model_validate(resolved.hit.as_json())
+        if resolved.build is None:
+            raise NotFound(f"no image for {resolved.key} in any registry")
+        record = resolved.build
+        if record.status == "queued":
+            thread = threading.Thread(
+                target=self._service.run_queued, args=(record.id,), name=f"build-{record.id}"
+            )
+            thread.start()
+            self._threads.append(thread)
+        if wait > 0:
+            record = self._service.wait(self.workspace, record.id, wait)
+        view = BuildView.of(record, self._service.position(record))
+        return view.image_view() if record.status == "succeeded" else view
+
+    def build(self, build_id: str, *, wait: float = 0) -> BuildView:
+        """A build's status (waiting up to `wait` seconds for its end)."""
+        record = self._service.wait(self.workspace, build_id, wait)
+        return BuildView.of(record, self._service.position(record))
+
+    def environment(self, key: str) -> dict[str, Any]:
+        """The metadata stored with an environment's image."""
+        return self._service.metadata(self.workspace, key).as_json()
+
+    def logs(
+        self, build_id: str, *, after: int = 0, follow: bool = True
+    ) -> Iterator[LogEventView | BuildView]:
+        """The build's log lines (live while it runs, with `follow`), then its view."""
+        service, hub = self._service, self._service.hub
+        while True:
+            lines = hub.lines_after(build_id, after)
+            if lines is None:
+                lines = service.store.read_log(build_id, after)
+            yield from (_view(line) for line in lines)
+            after = lines[-1].seq if lines else after
+            record = service.build(self.workspace, build_id)
+            if record.done:
+                yield from (_view(line) for line in service.store.read_log(build_id, after))
+                yield BuildView.of(record)
+                return
+            if not follow:
+                yield BuildView.of(record, service.position(record))
+                return
+            if not lines:
+                hub.wait_change(build_id, after, service.limits.poll_seconds)
+
+    def resolve_image(
+        self,
+        request: ResolveRequest,
+        *,
+        on_log: OnLog | None = None,
+        timeout: float = 3600.0,
+        force_rebuild: bool = False,
+    ) -> ImageView:
+        """The environment's image, built here if need be, following the build's log."""
+        answer = self.resolve(request, force_rebuild=force_rebuild)
+        if isinstance(answer, ImageView):
+            return answer
+        deadline = time.monotonic() + timeout
+        end: BuildView | None = None
+        for item in self.logs(answer.build_id):
+            if isinstance(item, LogEventView):
+                if on_log is not None:
+                    on_log(item)
+            else:
+                end = item
+            if time.monotonic() > deadline:
+                break
+        if end is None or end.status != "succeeded":
+            raise failure(end or answer)
+        return end.image_view()
+
+
+def _view(line: LogLine) -> LogEventView:
+    return LogEventView(seq=line.seq, stage=line.stage, text=line.text, at=line.at)

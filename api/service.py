@@ -1,0 +1,323 @@
+"""The service: resolve for many workspaces, one build per key, builds run by worker threads.
+
+    resolve(ws, request) → spec (files by content) → base pinned → key
+        → the workspace's registry, then the global one: hit → Resolved(hit)
+        └ miss → the active build of (ws, key), or a new queued one → Resolved(build)
+    workers: claim the oldest queued build (per-workspace limit) → Resolver → finish
+
+The database (`BuildStore`) is the truth: a build is queued there before anyone is told about
+it, claimed there by exactly one worker of one process, and its outcome and log are written
+there, so that every process sharing the database can answer for every build. A process that
+dies mid-build leaves a running record whose lease runs out (or whose process this host can
+see is gone): any process then puts it back in the queue, and the next worker runs it again.
+
+The HTTP app (`api.app`) and the embedded CLI both call this class.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import xxhash
+from anyio import to_thread
+
+from api.errors import NotFound, QueueFull
+from api.loghub import LogHub
+from api.metrics import ServiceMetrics
+from api.records import BuildRecord, LogLine, Workspace
+from api.request import ResolveRequest, spec_from_request
+from api.settings import Settings
+from api.store import BuildStore, QueueLimit
+from api.tenants import Memo, Tenants
+from api.workers import Workers, parse_base
+from builder.docker import DockerBuilder
+from hashing import (
+    EnvironmentSpec,
+    EnvKey,
+    compute_key,
+)
+from registry import DigestResolver
+from registry.base import ImageRef
+from registry.metadata import EnvMetadata
+
+DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+SPEC_MEMO = 4096  # specs remembered by request content (a few KB each)
+RETRY_AFTER = 30  # seconds a client told "queue full" waits before asking again
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ServiceLimits:
+    """How much one service process and one workspace may do at once."""
+
+    workers: int = 2  # builds this process runs at once
+    max_running: int = 2  # per workspace, across every process
+    max_queued: int = 32  # per workspace; beyond it resolve answers 429
+    lease_seconds: float = 30.0  # a running build's owner renews it every third of this
+    poll_seconds: float = 1.0  # how often to look for work and outcomes of other processes
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A resolve's answer: the image (a hit, or a finished build) or the build to wait for."""
+
+    key: EnvKey
+    hit: ImageRef | None = None
+    build: BuildRecord | None = None
+
+
+class EnvironmentService:
+    """Resolve, builds, logs and metadata for every workspace in one database."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: BuildStore,
+        *,
+        limits: ServiceLimits | None = None,
+        hub: LogHub | None = None,
+        metrics: ServiceMetrics | None = None,
+        workspaces: Mapping[str, Workspace] | None = None,
+    ) -> None:
+        """`workspaces`, when given, are the only ones served, whatever the database holds
+        (the embedded CLI's single workspace, configured by its settings)."""
+        self.settings = settings
+        self.store = store
+        self.limits = limits or ServiceLimits(
+            workers=settings.workers,
+            max_running=settings.max_running,
+            max_queued=settings.max_queued,
+        )
+        self.hub = hub or LogHub()
+        self.metrics = metrics or ServiceMetrics(store.queue_length)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.digests = DigestResolver(
+            insecure=settings.insecure_registries,
+            timeout=settings.registry_timeout,
+            ttl=settings.tag_ttl,
+        )
+        self.engine = DockerBuilder(
+            base_url=settings.docker_host or DEFAULT_DOCKER_HOST,
+            timeout=settings.build_timeout,
+            memory=settings.build_memory,
+            cpus=settings.build_cpus,
+            network=settings.build_network,  # type: ignore[arg-type]
+        )
+        self.tenants = Tenants(settings, store, self.engine, workspaces)
+        self._specs: Memo[EnvironmentSpec] = Memo(SPEC_MEMO)
+        self._keys: Memo[tuple[str, EnvKey]] = Memo(SPEC_MEMO)  # (base digest, key)
+        self.workers = Workers(self)
+
+    # lifecycle
+    def start(self) -> None:
+        """Recover builds whose process died, then start the workers and the lease keeper."""
+        self.workers.start()
+
+    def stop(self) -> None:
+        """Stop taking work; builds still running here go back to the queue for the next
+        process (their engine builds end with this process's connections)."""
+        self.workers.stop()
+
+    def close(self) -> None:
+        """Close every connection (after `stop`)."""
+        self.tenants.close()
+        self.engine.close()
+        self.digests.close()
+
+    # the API
+    def spec(self, request: ResolveRequest) -> EnvironmentSpec:
+        """The request's spec with the operator's package sources and its base image pinned."""
+        spec = self._read(request)
+        return spec.with_base_image(self.digests.resolve(spec.base_image))
+
+    def answer_from_memory(self, workspace: str, request: ResolveRequest) -> Resolved | None:
+        """A hit answered from what this process already knows (the spec read before, the base
+        tag's digest still trusted, the image confirmed): no I/O, so the event loop may call
+        it. None when anything would have to be asked."""
+        tenant = self.tenants.opened(workspace)
+        fingerprint = _fingerprint(request)
+        spec = self._specs.get(fingerprint)
+        if tenant is None or spec is None:
+            return None
+        base = self.digests.remembered(spec.base_image)
+        if base is None:
+            return None
+        keyed = self._keys.get(fingerprint)
+        if keyed is None or keyed[0] != base.digest:  # the spec on this base: key it once
+            keyed = (base.digest or "", compute_key(spec.with_base_image(base)))
+            self._keys.put(fingerprint, keyed)
+        key = keyed[1]
+        hit = tenant.tiers.remembered(key)
+        if hit is None:
+            return None
+        self.metrics.hits.labels(hit.source).inc()
+        return Resolved(key, hit=hit)
+
+    def _read(self, request: ResolveRequest) -> EnvironmentSpec:
+        """The request's spec with the operator's package sources, base not pinned; remembered
+        by the request's content (reading it is most of a hit's cost)."""
+        fingerprint = _fingerprint(request)
+        spec = self._specs.get(fingerprint)
+        if spec is not None:
+            return spec
+        s = self.settings
+        default = request.base_image or s.default_base_image
+        spec = spec_from_request(
+            request,
+            contexts=s.home / "contexts",
+            default_base=None if default is None else parse_base(default),
+        )
+        spec = spec.with_package_sources(
+            channels=s.channels, pip_index_url=s.pip_index_url, pip_find_links=s.pip_find_links
+        )
+        self._specs.put(fingerprint, spec)
+        return spec
+
+    def resolve(
+        self,
+        workspace: str,
+        request: ResolveRequest,
+        *,
+        build: bool = True,
+        force_rebuild: bool = False,
+    ) -> Resolved:
+        """A hit, or the build (joined or queued) that will make the image."""
+        tenant = self.tenants.get(workspace)
+        spec = self.spec(request)
+        key = compute_key(spec)
+        if not force_rebuild:
+            hit = tenant.tiers.lookup(key)
+            if hit is not None:
+                self.metrics.hits.labels(hit.source).inc()
+                return Resolved(key, hit=hit)
+        if not build:
+            return Resolved(key)
+        plan = {
+            "request": request.model_dump(mode="json"),
+            "base_image": str(spec.base_image),
+            "force_rebuild": force_rebuild,
+        }
+        try:
+            record, created = self.store.open_build(
+                workspace, key, plan, max_queued=self.limits.max_queued
+            )
+        except QueueLimit as exc:
+            raise QueueFull(
+                f"workspace {workspace!r} has {exc.queued} builds queued; try again later",
+                retry_after=RETRY_AFTER,
+            ) from None
+        if created:
+            self.workers.notify()
+        return Resolved(key, build=record)
+
+    def build(self, workspace: str, build_id: str) -> BuildRecord:
+        """A build of `workspace`; NotFound for an unknown one or another workspace's."""
+        record = self.store.get_build(build_id)
+        if record is None or record.workspace != workspace:
+            raise NotFound(f"no build {build_id!r} in workspace {workspace!r}")
+        return record
+
+    def position(self, record: BuildRecord) -> int | None:
+        """Place in the queue of a queued build (1 = next)."""
+        return self.store.queue_position(record.id) if record.status == "queued" else None
+
+    def metadata(self, workspace: str, key: str) -> EnvMetadata:
+        """What is stored with an environment's image; NotFound when there is none."""
+        metadata = self.tenants.get(workspace).tiers.get_metadata(EnvKey(key))
+        if metadata is None:
+            raise NotFound(f"no environment {key} in workspace {workspace!r}")
+        return metadata
+
+    def wait(self, workspace: str, build_id: str, timeout: float) -> BuildRecord:
+        """Block until the build is over or `timeout` seconds pass (embedded callers)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            record = self.build(workspace, build_id)
+            remaining = deadline - time.monotonic()
+            if record.done or remaining <= 0:
+                return record
+            self.hub.wait_finished(
+                build_id,
+                min(self.limits.poll_seconds, remaining),
+                lambda: self.build(workspace, build_id).done,
+            )
+
+    async def wait_async(self, workspace: str, build_id: str, timeout: float) -> BuildRecord:
+        """`wait` for the event loop: no thread is held while waiting."""
+        deadline = time.monotonic() + timeout
+        while True:
+            event = self.hub.event(build_id, done=True)
+            record = await run_blocking(self.build, workspace, build_id)
+            remaining = deadline - time.monotonic()
+            if record.done or remaining <= 0:
+                return record
+            await self.hub.sleep(event, min(self.limits.poll_seconds, remaining))
+
+    async def follow(
+        self, workspace: str, build_id: str, after: int = 0, *, live: bool = True
+    ) -> AsyncIterator[LogLine | BuildRecord]:
+        """The build's log lines after `after`, live while it runs, then its final record
+        (not `live`: the lines so far, then the record as it is)."""
+        await run_blocking(self.build, workspace, build_id)  # NotFound before anything is sent
+        while True:
+            event = self.hub.event(build_id)
+            lines = self.hub.lines_after(build_id, after)
+            if lines is None:  # not running here: the database has it
+                lines = await run_blocking(self.store.read_log, build_id, after, 1000)
+                if not lines:
+                    record = await run_blocking(self.build, workspace, build_id)
+                    if record.done:
+                        for line in await run_blocking(self.store.read_log, build_id, after):
+                            yield line
+                        yield record
+                        return
+            for line in lines:
+                yield line
+                after = line.seq
+            if not live:
+                yield await run_blocking(self.build, workspace, build_id)
+                return
+            if not lines:
+                await self.hub.sleep(event, self.limits.poll_seconds)
+
+    def readiness(self) -> dict[str, str]:
+        """Each dependency: "ok", or why it is not."""
+        checks: dict[str, Callable[[], object]] = {
+            "database": self.store.queue_length,
+            "engine": self.engine.ping,
+        }
+        registries = {"workspace": self.settings.workspace_registry}
+        if self.settings.global_registry:
+            registries["global"] = self.settings.global_registry
+        for tier, address in registries.items():
+            if address:
+                checks[f"{tier} registry"] = functools.partial(self.tenants.ping, address)
+        answers = {}
+        for name, check in checks.items():
+            try:
+                check()
+                answers[name] = "ok"
+            except Exception as exc:
+                answers[name] = str(exc) or type(exc).__name__
+        return answers
+
+    def run_queued(self, build_id: str) -> None:
+        """Run one queued build in this thread, if it is still queued (else someone runs it)."""
+        self.workers.run_queued(build_id)
+
+
+def _fingerprint(request: ResolveRequest) -> str:
+    """What identifies a request's content (a spec read from it is the same spec)."""
+    return xxhash.xxh3_128_hexdigest(request.model_dump_json().encode())
+
+
+async def run_blocking(function: Callable[..., T], *args: Any) -> T:
+    """Run a blocking call (the database) on a worker thread, not on the event loop."""
+    return await to_thread.run_sync(functools.partial(function, *args))

@@ -1,0 +1,149 @@
+"""The workspaces one service serves: each one's registries (its own, then the global one)
+and its resolver, opened on first use and kept open, since the confirmed hits live in them."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Generic, TypeVar
+
+from api.errors import NotFound
+from api.records import GLOBAL_WORKSPACE, Workspace
+from api.settings import Settings
+from api.store import BuildStore
+from builder.docker import DockerBuilder
+from builder.pipeline import BuildConfig, DockerImageBuilder
+from builder.resolve import Resolver
+from hashing import EnvKey
+from registry.auth import Credentials
+from registry.base import Registry
+from registry.open import open_registry, open_tiers
+from registry.store import StoreRegistry
+
+T = TypeVar("T")
+
+
+@dataclass
+class Tenant:
+    """One workspace's registries and resolver."""
+
+    workspace: StoreRegistry
+    tiers: Registry
+    resolver: Resolver
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+
+class Tenants:
+    """Workspaces by name: from the database, or the fixed ones the embedded CLI serves, and
+    `_global` (the global registry alone) when one is configured."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: BuildStore,
+        engine: DockerBuilder,
+        fixed: Mapping[str, Workspace] | None = None,
+    ) -> None:
+        self.settings = settings
+        self._store = store
+        self._engine = engine
+        self._fixed = dict(fixed) if fixed is not None else None
+        self._open: dict[str, Tenant] = {}
+        self._guard = threading.Lock()
+
+    def workspace(self, name: str) -> Workspace:
+        """The workspace called `name`; NotFound when there is none."""
+        if self._fixed is not None:
+            if name not in self._fixed:
+                raise NotFound(f"no workspace {name!r}")
+            return self._fixed[name]
+        if name == GLOBAL_WORKSPACE:
+            if not self.settings.global_registry:
+                raise NotFound("no global registry is configured")
+            return Workspace(GLOBAL_WORKSPACE, self.settings.global_registry, datetime.now(UTC))
+        workspace = self._store.get_workspace(name)
+        if workspace is None:
+            raise NotFound(f"no workspace {name!r}")
+        return workspace
+
+    def get(self, name: str) -> Tenant:
+        """The workspace's tenant, opened on first use; NotFound for an unknown workspace."""
+        tenant = self._open.get(name)
+        if tenant is not None:
+            return tenant
+        workspace = self.workspace(name)
+        with self._guard:
+            tenant = self._open.get(name)
+            if tenant is None:
+                tenant = self._open[name] = self._tenant(workspace)
+        return tenant
+
+    def opened(self, name: str) -> Tenant | None:
+        """The tenant if it is open already (no I/O)."""
+        return self._open.get(name)
+
+    def ping(self, address: str) -> None:
+        """Raise unless the registry at `address` answers."""
+        registry = self._registry(address, None)
+        try:
+            registry.lookup(EnvKey("0" * 32))
+        finally:
+            registry.close()
+
+    def close(self) -> None:
+        """Close every registry opened."""
+        for tenant in self._open.values():
+            for close in tenant.closers:
+                close()
+
+    def _tenant(self, workspace: Workspace) -> Tenant:
+        s = self.settings
+        is_global = workspace.name == GLOBAL_WORKSPACE
+        own = self._registry(
+            workspace.registry, s.global_credentials if is_global else s.workspace_credentials
+        )
+        closers = [own.close]
+        global_ = None
+        if s.global_registry and not is_global:
+            global_ = self._registry(s.global_registry, s.global_credentials)
+            closers.append(global_.close)
+        tiers = open_tiers(own, global_)
+        builder = DockerImageBuilder(
+            own, self._engine, BuildConfig(s.home, s.global_credentials if is_global else None)
+        )
+        state = s.home / "workspaces" / workspace.name
+        return Tenant(own, tiers, Resolver(tiers, builder, state=state), closers)
+
+    def _registry(self, address: str, credentials: Credentials | None) -> StoreRegistry:
+        s = self.settings
+        return open_registry(
+            address,
+            credentials=credentials,
+            insecure=s.insecure_registries,
+            timeout=s.registry_timeout,
+        )
+
+
+class Memo(Generic[T]):
+    """A bounded map that forgets its least recently used entries; safe between threads."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: OrderedDict[str, T] = OrderedDict()
+        self._guard = threading.Lock()
+
+    def get(self, name: str) -> T | None:
+        with self._guard:
+            value = self._items.get(name)
+            if value is not None:
+                self._items.move_to_end(name)
+            return value
+
+    def put(self, name: str, value: T) -> None:
+        with self._guard:
+            self._items[name] = value
+            if len(self._items) > self._size:
+                self._items.popitem(last=False)

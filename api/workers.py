@@ -1,0 +1,204 @@
+"""The builds this process runs: worker threads that claim queued builds from the database and
+run them, and a lease keeper that renews this process's leases and puts back in the queue the
+builds of processes that died."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from api.records import BuildRecord, LogLine
+from api.request import ResolveRequest
+from hashing import (
+    EnvctlError,
+    EnvironmentSpec,
+    ImageName,
+    InvalidReference,
+    SpecError,
+    compute_key,
+    parse_image,
+)
+
+if TYPE_CHECKING:  # the service owns its workers
+    from api.service import EnvironmentService
+
+log = logging.getLogger("envctl.service")
+
+
+class Workers:
+    """`limits.workers` threads claiming builds, and one keeping leases."""
+
+    def __init__(self, service: EnvironmentService) -> None:
+        self._svc = service
+        self._wakeup = threading.Condition()
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._running: dict[str, BuildRecord] = {}  # builds this process runs, by id
+
+    def start(self) -> None:
+        """Recover builds whose process died, then start the workers and the lease keeper."""
+        self._recover()
+        for n in range(self._svc.limits.workers):
+            self._spawn(self._work, f"envctl-worker-{n}")
+        self._spawn(self._keep_leases, "envctl-leases")
+
+    def stop(self) -> None:
+        """Stop claiming; builds still running here go back to the queue."""
+        self._stopping.set()
+        self.notify(every=True)
+        for record in list(self._running.values()):
+            self._svc.store.requeue(record.id, self._svc.owner)
+
+    def notify(self, *, every: bool = False) -> None:
+        """A build was queued: wake a worker (or all of them) to claim it."""
+        with self._wakeup:
+            if every:
+                self._wakeup.notify_all()
+            else:
+                self._wakeup.notify()
+
+    def run_queued(self, build_id: str) -> None:
+        """Run one queued build in this thread, if it is still queued (else someone runs it)."""
+        svc = self._svc
+        record = svc.store.claim(build_id, svc.owner, lease_seconds=svc.limits.lease_seconds)
+        if record is not None:
+            self._run(record)
+
+    def _work(self) -> None:
+        while not self._stopping.is_set():
+            record = self._svc.store.claim_next(
+                self._svc.owner,
+                lease_seconds=self._svc.limits.lease_seconds,
+                max_running=self._svc.limits.max_running,
+            )
+            if record is None:
+                with self._wakeup:
+                    self._wakeup.wait(self._svc.limits.poll_seconds)
+                continue
+            self._run(record)
+
+    def _run(self, record: BuildRecord) -> None:
+        self._running[record.id] = record
+        self._svc.hub.start(record.id)
+        started = time.monotonic()
+        plan = record.request
+        try:
+            on_event = functools.partial(self._log, record.id)
+            on_event("queue", f"build {record.id} of {record.key} started by {self._svc.owner}")
+            spec = self._planned_spec(record)
+            ref = self._svc.tenants.get(record.workspace).resolver.resolve(
+                spec,
+                force_rebuild=bool(plan.get("force_rebuild")),
+                on_event=on_event,
+                # a re-run of a build whose process died gets folders and tags of its own
+                build_id=record.id if record.attempts <= 1 else f"{record.id}-{record.attempts}",
+            )
+            assert ref is not None  # resolve with build=True finds or builds
+            self._svc.store.finish(
+                record.id,
+                self._svc.owner,
+                "succeeded",
+                image=ref.image,
+                digest=ref.digest,
+                source=ref.source,
+            )
+            self._svc.metrics.builds.labels("succeeded").inc()
+        except EnvctlError as exc:
+            self._failed(record, exc)
+        except Exception as exc:  # a bug must not kill the worker or leave the build running
+            log.exception("build %s crashed", record.id)
+            self._failed(record, exc)
+        finally:
+            self._svc.metrics.build_seconds.observe(time.monotonic() - started)
+            self._running.pop(record.id, None)
+            self._svc.hub.finish(record.id)
+
+    def _planned_spec(self, record: BuildRecord) -> EnvironmentSpec:
+        """The spec a queued build was planned with: its request, on the base image as pinned
+        when it was queued (a tag moved since then is another key)."""
+        plan = record.request
+        spec = self._svc.spec(ResolveRequest.model_validate(plan["request"]))
+        spec = spec.with_base_image(parse_base(plan["base_image"]))
+        if compute_key(spec) != record.key:
+            raise EnvctlError(
+                "the server's package sources changed since this build was queued; resolve again"
+            )
+        return spec
+
+    def _failed(self, record: BuildRecord, exc: Exception) -> None:
+        message = str(exc)  # with the log's tail, for whoever only reads the outcome
+        self._log(record.id, "error", getattr(exc, "message", None) or message)
+        self._svc.store.finish(
+            record.id, self._svc.owner, "failed", failure_class=type(exc).__name__, message=message
+        )
+        self._svc.metrics.builds.labels("failed").inc()
+
+    def _log(self, build_id: str, stage: str, text: str) -> None:
+        at = datetime.now(UTC)
+        seq = self._svc.store.append_log(build_id, [(stage, text)], at=at)
+        self._svc.hub.publish(build_id, LogLine(seq, stage, text, at))
+
+    def _keep_leases(self) -> None:
+        period = self._svc.limits.lease_seconds / 3
+        while not self._stopping.wait(period):
+            for build_id in list(self._running):
+                self._svc.store.renew(
+                    build_id, self._svc.owner, lease_seconds=self._svc.limits.lease_seconds
+                )
+            if self._recover():
+                self.notify(every=True)
+
+    def _recover(self) -> int:
+        """Put back in the queue the running builds whose process is gone; how many."""
+        now = datetime.now(UTC)
+        host = socket.gethostname()
+        requeued = 0
+        for record in self._svc.store.running():
+            if record.owner == self._svc.owner:
+                continue
+            expired = record.lease_until is None or record.lease_until < now
+            dead = dead_here(record.owner, host)
+            # a lease that only looked expired may have been renewed since: requeue it only if
+            # it still is; a dead process's build is requeued at once
+            if (expired or dead) and self._svc.store.requeue(
+                record.id, record.owner, expired_only=not dead
+            ):
+                self._log(record.id, "queue", f"{record.owner} is gone: build queued again")
+                requeued += 1
+        return requeued
+
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+
+def parse_base(text: str) -> ImageName:
+    """A base image reference from a request or a build plan; SpecError when malformed."""
+    try:
+        return parse_image(text)
+    except InvalidReference as exc:
+        raise SpecError(str(exc), source="base_image") from None
+
+
+def dead_here(owner: str | None, host: str) -> bool:
+    """True when `owner` is a process of this host that no longer exists."""
+    if owner is None:
+        return True
+    parts = owner.split(":")
+    if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
+        return False
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
