@@ -17,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -52,34 +53,46 @@ async def _caller(request: Request, authorization: Annotated[str | None, Header(
     if scheme.lower() != "bearer" or not secret:
         raise Unauthorized("a bearer token is required (Authorization: Bearer TOKEN)")
     tokens: _TokenCache = request.app.state.tokens
-    token = tokens.get(secret.strip())
+    svc: EnvironmentService = request.app.state.service
+    token = await tokens.check(secret.strip(), svc.store.authenticate)
     if token is None:
-        svc: EnvironmentService = request.app.state.service
-        token = await run_blocking(svc.store.authenticate, secret.strip())
-        if token is None:
-            raise Unauthorized("unknown or revoked token")
-        tokens.put(secret.strip(), token)
+        raise Unauthorized("unknown or revoked token")
     return token
 
 
 class _TokenCache:
     """Live tokens by secret, trusted for `ttl` seconds: a revocation takes effect in every
-    server process within that time, and a hit does not wait on the database."""
+    server process within that time, and a hit does not wait on the database. One check per
+    secret at a time: when a busy token's entry expires, its callers share one query."""
 
     def __init__(self, ttl: float) -> None:
         self._ttl = ttl
         self._tokens: dict[str, tuple[Token, float]] = {}
+        self._checks: dict[str, asyncio.Future[Token | None]] = {}
 
-    def get(self, secret: str) -> Token | None:
+    async def check(self, secret: str, authenticate: Callable[[str], Token | None]) -> Token | None:
+        """The live token whose secret this is (from memory, or asked of `authenticate`)."""
         found = self._tokens.get(secret)
-        if found is None or time.monotonic() - found[1] > self._ttl:
-            return None
-        return found[0]
-
-    def put(self, secret: str, token: Token) -> None:
-        if len(self._tokens) > TOKEN_CACHE_SIZE:
-            self._tokens.clear()  # a flood of distinct tokens: start again rather than grow
-        self._tokens[secret] = (token, time.monotonic())
+        if found is not None and time.monotonic() - found[1] <= self._ttl:
+            return found[0]
+        pending = self._checks.get(secret)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        pending = self._checks[secret] = asyncio.get_running_loop().create_future()
+        try:
+            token = await run_blocking(authenticate, secret)
+        except BaseException as exc:
+            pending.set_exception(exc)
+            pending.exception()  # retrieved: nobody else may be waiting on it
+            raise
+        finally:
+            del self._checks[secret]
+        pending.set_result(token)
+        if token is not None:
+            if len(self._tokens) > TOKEN_CACHE_SIZE:
+                self._tokens.clear()  # a flood of distinct tokens: start again, do not grow
+            self._tokens[secret] = (token, time.monotonic())
+        return token
 
 
 CallerToken = Annotated[Token, Depends(_caller)]
@@ -259,6 +272,7 @@ def _handle_errors(app: FastAPI) -> None:
     # on EnvctlError, not Exception: Starlette runs an Exception handler in its outermost
     # middleware, which answers and then re-raises, and the connection is closed
     @app.exception_handler(EnvctlError)
+    @app.exception_handler(OperationalError)  # the database is away: 503, like a registry
     async def envctl_error(_: Request, exc: Exception) -> JSONResponse:
         status, code = http_status(exc)
         body = ErrorView(error=code, message=getattr(exc, "message", None) or str(exc))

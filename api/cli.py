@@ -48,7 +48,6 @@ from registry.errors import BaseImageNotFound
 from registry.metadata import EnvMetadata
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_UNAVAILABLE = 0, 1, 2, 3
-DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
     (SpecError, EXIT_INVALID),
     (Unauthorized, EXIT_INVALID),  # ENVCTL_TOKEN is wrong: the user's to fix

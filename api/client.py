@@ -38,6 +38,7 @@ from hashing import SpecError
 OnLog = Callable[[LogEventView], None]
 LogItem = LogEventView | BuildView
 POLL = 30.0  # seconds one request waits on the server for a build to finish
+RECONNECT = 60.0  # seconds a log stream without a deadline keeps trying to reconnect
 _RETRY_STATUSES = {502, 503, 504}
 
 
@@ -190,8 +191,9 @@ class EnvctlClient:
         self, build_id: str, *, after: int = 0, follow: bool = True, deadline: float | None = None
     ) -> Iterator[LogItem]:
         """The build's log lines, live, then its final view; a dropped stream is resumed
-        from the last line seen (Last-Event-ID)."""
-        attempt = 0
+        from the last line seen (Last-Event-ID). Without a `deadline`, a server that stays
+        away for RECONNECT seconds raises ServiceUnavailable."""
+        attempt, failing_since = 0, None
         while True:
             headers = {"Last-Event-ID": str(after)} if after else {}
             try:
@@ -207,14 +209,16 @@ class EnvctlClient:
                         item = _Calls.event(sse)
                         if isinstance(item, LogEventView):
                             after = item.seq
-                            attempt = 0
+                            attempt, failing_since = 0, None
                         if item is not None:
                             yield item
                         if isinstance(item, BuildView):
                             return
             except (httpx.TransportError, ServiceUnavailable):
-                if deadline is not None and time.monotonic() > deadline:
-                    raise ServiceUnavailable("the envctl server stopped answering") from None
+                pass
+            failing_since = failing_since or time.monotonic()
+            if time.monotonic() > (deadline or failing_since + RECONNECT):
+                raise ServiceUnavailable("the envctl server stopped answering")
             time.sleep(_backoff(attempt))  # backoff before reconnecting, not synchronisation
             attempt += 1
 
@@ -343,7 +347,7 @@ class AsyncEnvctlClient:
         self, build_id: str, *, after: int = 0, follow: bool = True, deadline: float | None = None
     ) -> AsyncIterator[LogItem]:
         """The build's log lines, live, then its final view; resumed after a drop."""
-        attempt = 0
+        attempt, failing_since = 0, None
         while True:
             headers = {"Last-Event-ID": str(after)} if after else {}
             try:
@@ -359,14 +363,16 @@ class AsyncEnvctlClient:
                         item = _Calls.event(sse)
                         if isinstance(item, LogEventView):
                             after = item.seq
-                            attempt = 0
+                            attempt, failing_since = 0, None
                         if item is not None:
                             yield item
                         if isinstance(item, BuildView):
                             return
             except (httpx.TransportError, ServiceUnavailable):
-                if deadline is not None and time.monotonic() > deadline:
-                    raise ServiceUnavailable("the envctl server stopped answering") from None
+                pass
+            failing_since = failing_since or time.monotonic()
+            if time.monotonic() > (deadline or failing_since + RECONNECT):
+                raise ServiceUnavailable("the envctl server stopped answering")
             await asyncio.sleep(_backoff(attempt))  # backoff before reconnecting
             attempt += 1
 
@@ -388,7 +394,12 @@ class AsyncEnvctlClient:
             except (httpx.TransportError, ServiceUnavailable):
                 if time.monotonic() > deadline:
                     raise
-            await asyncio.sleep(_backoff(attempt))
+            except QueueFull as exc:
+                if time.monotonic() + exc.retry_after > deadline:
+                    raise
+                await asyncio.sleep(exc.retry_after)  # the server said when to come back
+                continue
+            await asyncio.sleep(_backoff(attempt))  # backoff between attempts
             attempt += 1
         if isinstance(answer, ImageView):
             return answer

@@ -16,6 +16,8 @@ spec is 422, a registry, engine or channel that cannot be reached 503.
 
 from __future__ import annotations
 
+from sqlalchemy.exc import OperationalError
+
 from builder.errors import ChannelUnavailable, EngineUnavailable
 from hashing.errors import EnvctlError, SpecError
 from registry.errors import BaseImageNotFound, RegistryError, RegistryUnavailable
@@ -95,6 +97,7 @@ HTTP_STATUS: tuple[tuple[type[Exception], int, str], ...] = (
     (RegistryUnavailable, 503, "unavailable"),
     (EngineUnavailable, 503, "unavailable"),
     (ChannelUnavailable, 503, "unavailable"),
+    (OperationalError, 503, "unavailable"),  # the database cannot be reached
 )
 """Lower layers' errors → (HTTP status, error code). ServiceErrors carry their own; anything
 else is a 500 (a bug, or a registry answering something envctl cannot use: 502)."""

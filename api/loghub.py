@@ -17,6 +17,8 @@ from collections.abc import Callable
 
 from api.records import LogLine
 
+FINISHED_KEPT = 10_000  # ends remembered for threads that wait on them
+
 
 class LogHub:
     """In-memory logs of the builds this process runs, and wake-ups for their watchers."""
@@ -55,6 +57,8 @@ class LogHub:
         """The build is over (its outcome is in the database): wake every watcher and waiter."""
         with self._guard:
             self._lines.pop(build_id, None)
+            if len(self._finished) >= FINISHED_KEPT:
+                self._finished.clear()  # waiters of older builds find their outcome in the db
             self._finished.add(build_id)
             self._done.notify_all()
         self._wake(build_id, done=True)
@@ -96,7 +100,7 @@ class LogHub:
 
         def changed() -> bool:
             lines = self._lines.get(build_id)
-            return build_id in self._finished or (lines is not None and len(lines) > after)
+            return build_id in self._finished or bool(lines and lines[-1].seq > after)
 
         with self._done:
             self._done.wait_for(changed, timeout)

@@ -17,6 +17,7 @@ The HTTP app (`api.app`) and the embedded CLI both call this class.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import socket
 import time
@@ -49,6 +50,7 @@ from registry.metadata import EnvMetadata
 
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 SPEC_MEMO = 4096  # specs remembered by request content (a few KB each)
+log = logging.getLogger("envctl.service")
 RETRY_AFTER = 30  # seconds a client told "queue full" waits before asking again
 T = TypeVar("T")
 
@@ -134,7 +136,7 @@ class EnvironmentService:
     # the API
     def spec(self, request: ResolveRequest) -> EnvironmentSpec:
         """The request's spec with the operator's package sources and its base image pinned."""
-        spec = self._read(request)
+        spec = self.read_spec(request)
         return spec.with_base_image(self.digests.resolve(spec.base_image))
 
     def answer_from_memory(self, workspace: str, request: ResolveRequest) -> Resolved | None:
@@ -160,7 +162,7 @@ class EnvironmentService:
         self.metrics.hits.labels(hit.source).inc()
         return Resolved(key, hit=hit)
 
-    def _read(self, request: ResolveRequest) -> EnvironmentSpec:
+    def read_spec(self, request: ResolveRequest) -> EnvironmentSpec:
         """The request's spec with the operator's package sources, base not pinned; remembered
         by the request's content (reading it is most of a hit's cost)."""
         fingerprint = _fingerprint(request)
@@ -270,7 +272,7 @@ class EnvironmentService:
             event = self.hub.event(build_id)
             lines = self.hub.lines_after(build_id, after)
             if lines is None:  # not running here: the database has it
-                lines = await run_blocking(self.store.read_log, build_id, after, 1000)
+                lines = await run_blocking(self.store.read_log, build_id, after)
                 if not lines:
                     record = await run_blocking(self.build, workspace, build_id)
                     if record.done:

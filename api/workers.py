@@ -72,15 +72,24 @@ class Workers:
             self._run(record)
 
     def _work(self) -> None:
+        svc = self._svc
         while not self._stopping.is_set():
-            record = self._svc.store.claim_next(
-                self._svc.owner,
-                lease_seconds=self._svc.limits.lease_seconds,
-                max_running=self._svc.limits.max_running,
-            )
+            try:
+                record = svc.store.claim_next(
+                    svc.owner,
+                    lease_seconds=svc.limits.lease_seconds,
+                    max_running=svc.limits.max_running,
+                )
+            except Exception:  # the database is away: this worker must outlive it
+                log.exception("claiming a build failed; trying again")
+                self._stopping.wait(svc.limits.poll_seconds)
+                continue
+            if record is not None and self._stopping.is_set():
+                svc.store.requeue(record.id, svc.owner)  # claimed as stop() ran: not ours now
+                return
             if record is None:
                 with self._wakeup:
-                    self._wakeup.wait(self._svc.limits.poll_seconds)
+                    self._wakeup.wait(svc.limits.poll_seconds)
                 continue
             self._run(record)
 
@@ -124,7 +133,7 @@ class Workers:
         """The spec a queued build was planned with: its request, on the base image as pinned
         when it was queued (a tag moved since then is another key)."""
         plan = record.request
-        spec = self._svc.spec(ResolveRequest.model_validate(plan["request"]))
+        spec = self._svc.read_spec(ResolveRequest.model_validate(plan["request"]))
         spec = spec.with_base_image(parse_base(plan["base_image"]))
         if compute_key(spec) != record.key:
             raise EnvctlError(
@@ -134,11 +143,15 @@ class Workers:
 
     def _failed(self, record: BuildRecord, exc: Exception) -> None:
         message = str(exc)  # with the log's tail, for whoever only reads the outcome
-        self._log(record.id, "error", getattr(exc, "message", None) or message)
-        self._svc.store.finish(
-            record.id, self._svc.owner, "failed", failure_class=type(exc).__name__, message=message
-        )
-        self._svc.metrics.builds.labels("failed").inc()
+        svc = self._svc
+        try:
+            self._log(record.id, "error", getattr(exc, "message", None) or message)
+            svc.store.finish(
+                record.id, svc.owner, "failed", failure_class=type(exc).__name__, message=message
+            )
+        except Exception:  # the database is away: the lease runs out and the build runs again
+            log.exception("build %s: recording its failure failed", record.id)
+        svc.metrics.builds.labels("failed").inc()
 
     def _log(self, build_id: str, stage: str, text: str) -> None:
         at = datetime.now(UTC)
@@ -146,14 +159,17 @@ class Workers:
         self._svc.hub.publish(build_id, LogLine(seq, stage, text, at))
 
     def _keep_leases(self) -> None:
-        period = self._svc.limits.lease_seconds / 3
-        while not self._stopping.wait(period):
-            for build_id in list(self._running):
-                self._svc.store.renew(
-                    build_id, self._svc.owner, lease_seconds=self._svc.limits.lease_seconds
-                )
-            if self._recover():
-                self.notify(every=True)
+        svc = self._svc
+        lease = svc.limits.lease_seconds
+        while not self._stopping.wait(lease / 3):
+            try:
+                for build_id in list(self._running):
+                    if not svc.store.renew(build_id, svc.owner, lease_seconds=lease):
+                        log.warning("build %s: lease lost; another process may run it", build_id)
+                if self._recover():
+                    self.notify(every=True)
+            except Exception:  # the database is away: keep renewing once it is back
+                log.exception("renewing leases failed; trying again")
 
     def _recover(self) -> int:
         """Put back in the queue the running builds whose process is gone; how many."""

@@ -8,6 +8,7 @@ HTTP, authentication (anonymous bearer tokens for public images) and retries are
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable
 
@@ -48,6 +49,8 @@ class DigestResolver:
         )
         self._ttl = ttl
         self._seen: dict[ImageName, tuple[str, float]] = {}
+        self._locks: dict[ImageName, threading.Lock] = {}
+        self._guard = threading.Lock()
 
     def close(self) -> None:
         """Close the HTTP connections."""
@@ -63,11 +66,20 @@ class DigestResolver:
         """`image` pinned to the digest its tag points to now; a pinned image comes back as is."""
         if image.pinned:
             return image
-        seen = self._seen.get(image)
-        now = time.monotonic()
-        if seen is None or (self._ttl is not None and now - seen[1] > self._ttl):
-            seen = self._seen[image] = (self._head_digest(image), now)
-        return image.with_digest(seen[0])
+        known = self.remembered(image)
+        if known is not None:
+            return known
+        with self._lock(image):  # one HEAD per tag at a time: callers after it take its answer
+            known = self.remembered(image)
+            if known is None:
+                digest = self._head_digest(image)
+                self._seen[image] = (digest, time.monotonic())
+                known = image.with_digest(digest)
+        return known
+
+    def _lock(self, image: ImageName) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(image, threading.Lock())
 
     def remembered(self, image: ImageName) -> ImageName | None:
         """`image` pinned from what this resolver knows and still trusts, without asking the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from api.cli import EXIT_FAILED, EXIT_INVALID, EXIT_UNAVAILABLE, exit_code
 from api.errors import (
@@ -31,6 +32,7 @@ from registry.errors import BaseImageNotFound, RegistryError, RegistryUnavailabl
         (RegistryUnavailable("down", endpoint="x"), 503, "unavailable"),
         (EngineUnavailable("down"), 503, "unavailable"),
         (RegistryError("odd answer", endpoint="x", status=400), 502, "registry_error"),
+        (OperationalError("SELECT 1", {}, Exception("down")), 503, "unavailable"),
         (StepFailed("a step failed"), 500, "internal"),
         (BuildFailed("failed", failure_class="StepFailed", build_id="b"), 500, "internal"),
     ],

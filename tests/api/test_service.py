@@ -295,6 +295,8 @@ def test_two_workspaces_cannot_see_each_other_and_tokens_are_checked(
                 assert answer.status_code == 404, (path, answer.text)
                 assert answer.json()["error"] == "not_found"
         assert b.post(_ws(alpha, "/resolve"), json=_body(request)).status_code == 404
+        # the global registry is for admin tokens only
+        assert b.post("/v1/workspaces/_global/resolve", json=_body(request)).status_code == 404
         # the same 404 as for what does not exist at all
         assert a.get(_ws(alpha, "/builds/0123456789abcdef")).status_code == 404
         assert a.get("/v1/workspaces/nowhere/builds/0123456789abcdef").status_code == 404
