@@ -29,7 +29,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import NotFound, QueueFull, Unauthorized, http_status
+from api.errors import BodyTooLarge, NotFound, QueueFull, Unauthorized, http_status
 from api.metrics import ServiceMetrics
 from api.models import BuildView, ErrorView, HashView, ImageView, LogEventView
 from api.records import GLOBAL_WORKSPACE, BuildRecord, LogLine, Token
@@ -268,22 +268,27 @@ async def _events(stream: AsyncIterator[LogLine | BuildRecord]) -> AsyncIterator
             yield ServerSentEvent(data=BuildView.of(item).model_dump_json(), event="end")
 
 
+def _error_response(exc: Exception) -> JSONResponse:
+    """An error's answer, by the one table: its status, code, message and where."""
+    status, code = http_status(exc)
+    body = ErrorView(error=code, message=getattr(exc, "message", None) or str(exc))
+    if isinstance(exc, SpecError):
+        body = ErrorView(
+            error=code, message=exc.message, source=exc.source, line=exc.line, field=exc.field
+        )
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, QueueFull) else None
+    if isinstance(exc, Unauthorized):
+        headers = {"WWW-Authenticate": "Bearer"}
+    return JSONResponse(body.model_dump(exclude_none=True), status, headers=headers)
+
+
 def _handle_errors(app: FastAPI) -> None:
     # on EnvctlError, not Exception: Starlette runs an Exception handler in its outermost
     # middleware, which answers and then re-raises, and the connection is closed
     @app.exception_handler(EnvctlError)
     @app.exception_handler(OperationalError)  # the database is away: 503, like a registry
     async def envctl_error(_: Request, exc: Exception) -> JSONResponse:
-        status, code = http_status(exc)
-        body = ErrorView(error=code, message=getattr(exc, "message", None) or str(exc))
-        if isinstance(exc, SpecError):
-            body = ErrorView(
-                error=code, message=exc.message, source=exc.source, line=exc.line, field=exc.field
-            )
-        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, QueueFull) else None
-        if isinstance(exc, Unauthorized):
-            headers = {"WWW-Authenticate": "Bearer"}
-        return JSONResponse(body.model_dump(exclude_none=True), status, headers=headers)
+        return _error_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: Exception) -> JSONResponse:
@@ -382,6 +387,5 @@ def _replay(messages: list[Message], then: Receive | None = None) -> Receive:
 
 
 async def _too_large(limit: int, send: Send) -> None:
-    body = ErrorView(error="body_too_large", message=f"the request body is over {limit} bytes")
-    response = JSONResponse(body.model_dump(exclude_none=True), 413)
+    response = _error_response(BodyTooLarge(f"the request body is over {limit} bytes"))
     await response({"type": "http"}, _replay([]), send)

@@ -35,12 +35,11 @@ from hashing import (
     EnvironmentSpec,
     EnvKey,
     ImageName,
-    InvalidReference,
     SpecError,
     SpecFormat,
     compute_key,
     is_key,
-    parse_image,
+    parse_image_at,
 )
 from registry import DigestResolver, RegistryUnavailable
 from registry.base import ImageRef
@@ -178,11 +177,7 @@ def _default_base(c: _Context, flag: str | None) -> ImageName | None:
     text = flag or c.settings.default_base_image
     if text is None:
         return None
-    try:
-        return parse_image(text)
-    except InvalidReference as exc:
-        source = "--base-image" if flag else "ENVCTL_BASE_IMAGE"
-        raise SpecError(str(exc), source=source) from None
+    return parse_image_at(text, "--base-image" if flag else "ENVCTL_BASE_IMAGE")
 
 
 def _format(text: str | None) -> SpecFormat | None:

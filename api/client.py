@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
 import httpx
@@ -116,6 +116,70 @@ def failure(view: BuildView) -> BuildFailed:
     )
 
 
+def take(item: LogItem, on_log: OnLog | None) -> BuildView | None:
+    """Hand a log line to `on_log`; the build's view when the item is the stream's end."""
+    if isinstance(item, BuildView):
+        return item
+    if on_log is not None:
+        on_log(item)
+    return None
+
+
+def outcome(end: BuildView | None, started: BuildView) -> ImageView:
+    """The image of a build whose stream ended with `end`, or its failure."""
+    if end is None or end.status != "succeeded":
+        raise failure(end or started)
+    return end.image_view()
+
+
+def image_after(items: Iterable[LogItem], on_log: OnLog | None, started: BuildView) -> ImageView:
+    """Follow a build's log stream to its end: the image, or the build's failure."""
+    end = None
+    for item in items:
+        end = take(item, on_log) or end
+    return outcome(end, started)
+
+
+def _retry_in(exc: Exception, attempt: int, deadline: float) -> float:
+    """Seconds before asking again after `exc` (a server away, or its queue full); `exc`
+    again when that would pass the deadline."""
+    wait = exc.retry_after if isinstance(exc, QueueFull) else _backoff(attempt)
+    if time.monotonic() + wait > deadline:
+        raise exc
+    return wait
+
+
+class _Stream:
+    """A log stream's place (its last line) and its reconnecting: without a deadline, a
+    server away for RECONNECT seconds in a row ends it."""
+
+    def __init__(self, after: int, deadline: float | None) -> None:
+        self.after = after
+        self._deadline = deadline
+        self._attempt = 0
+        self._failing_since: float | None = None
+
+    def headers(self) -> dict[str, str]:
+        return {"Last-Event-ID": str(self.after)} if self.after else {}
+
+    def seen(self, item: LogItem) -> bool:
+        """Note an item; True at the stream's end."""
+        if isinstance(item, BuildView):
+            return True
+        self.after = item.seq
+        self._attempt, self._failing_since = 0, None
+        return False
+
+    def retry_in(self) -> float:
+        """Seconds before reconnecting; ServiceUnavailable when it is time to give up."""
+        now = time.monotonic()
+        self._failing_since = self._failing_since or now
+        if now > (self._deadline or self._failing_since + RECONNECT):
+            raise ServiceUnavailable("the envctl server stopped answering")
+        self._attempt += 1
+        return _backoff(self._attempt - 1)
+
+
 def _backoff(attempt: int) -> float:
     return min(10.0, 0.2 * 2.0 ** min(attempt, 8)) * random.uniform(0.5, 1.5)  # noqa: S311 - jitter
 
@@ -193,34 +257,26 @@ class EnvctlClient:
         """The build's log lines, live, then its final view; a dropped stream is resumed
         from the last line seen (Last-Event-ID). Without a `deadline`, a server that stays
         away for RECONNECT seconds raises ServiceUnavailable."""
-        attempt, failing_since = 0, None
+        stream = _Stream(after, deadline)
         while True:
-            headers = {"Last-Event-ID": str(after)} if after else {}
             try:
                 with connect_sse(
                     self._http,
                     "GET",
                     self._calls.ws(f"/builds/{build_id}/logs"),
-                    headers=headers,
+                    headers=stream.headers(),
                     params={"follow": str(follow).lower()},
                 ) as source:
                     check(source.response)
                     for sse in source.iter_sse():
                         item = _Calls.event(sse)
-                        if isinstance(item, LogEventView):
-                            after = item.seq
-                            attempt, failing_since = 0, None
                         if item is not None:
                             yield item
-                        if isinstance(item, BuildView):
-                            return
+                            if stream.seen(item):
+                                return
             except (httpx.TransportError, ServiceUnavailable):
                 pass
-            failing_since = failing_since or time.monotonic()
-            if time.monotonic() > (deadline or failing_since + RECONNECT):
-                raise ServiceUnavailable("the envctl server stopped answering")
-            time.sleep(_backoff(attempt))  # backoff before reconnecting, not synchronisation
-            attempt += 1
+            time.sleep(stream.retry_in())  # backoff before reconnecting, not synchronisation
 
     def resolve_image(
         self,
@@ -233,39 +289,17 @@ class EnvctlClient:
         """The environment's image, built if need be: follows the build's log (to `on_log`)
         and raises BuildFailed when it fails. Waits out a restarting server."""
         deadline = time.monotonic() + timeout
-        answer = self._retrying(
-            lambda: self.resolve(request, force_rebuild=force_rebuild), deadline
-        )
-        if isinstance(answer, ImageView):
-            return answer
-        build_id = answer.build_id
-        end: BuildView | None = None
-        for item in self.logs(build_id, deadline=deadline):
-            if isinstance(item, LogEventView):
-                if on_log is not None:
-                    on_log(item)
-            else:
-                end = item
-        assert end is not None
-        if end.status != "succeeded":
-            raise failure(end)
-        return end.image_view()
-
-    def _retrying(self, call: Callable[[], Any], deadline: float) -> Any:
         attempt = 0
         while True:
             try:
-                return call()
-            except (httpx.TransportError, ServiceUnavailable):
-                if time.monotonic() > deadline:
-                    raise
-            except QueueFull as exc:
-                if time.monotonic() + exc.retry_after > deadline:
-                    raise
-                time.sleep(exc.retry_after)  # the server said when to come back
-                continue
-            time.sleep(_backoff(attempt))  # backoff between attempts, not synchronisation
-            attempt += 1
+                answer = self.resolve(request, force_rebuild=force_rebuild)
+                break
+            except (httpx.TransportError, ServiceUnavailable, QueueFull) as exc:
+                time.sleep(_retry_in(exc, attempt, deadline))  # backoff, not synchronisation
+                attempt += 1
+        if isinstance(answer, ImageView):
+            return answer
+        return image_after(self.logs(answer.build_id, deadline=deadline), on_log, answer)
 
     def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         try:
@@ -347,34 +381,26 @@ class AsyncEnvctlClient:
         self, build_id: str, *, after: int = 0, follow: bool = True, deadline: float | None = None
     ) -> AsyncIterator[LogItem]:
         """The build's log lines, live, then its final view; resumed after a drop."""
-        attempt, failing_since = 0, None
+        stream = _Stream(after, deadline)
         while True:
-            headers = {"Last-Event-ID": str(after)} if after else {}
             try:
                 async with aconnect_sse(
                     self._http,
                     "GET",
                     self._calls.ws(f"/builds/{build_id}/logs"),
-                    headers=headers,
+                    headers=stream.headers(),
                     params={"follow": str(follow).lower()},
                 ) as source:
                     check(source.response)
                     async for sse in source.aiter_sse():
                         item = _Calls.event(sse)
-                        if isinstance(item, LogEventView):
-                            after = item.seq
-                            attempt, failing_since = 0, None
                         if item is not None:
                             yield item
-                        if isinstance(item, BuildView):
-                            return
+                            if stream.seen(item):
+                                return
             except (httpx.TransportError, ServiceUnavailable):
                 pass
-            failing_since = failing_since or time.monotonic()
-            if time.monotonic() > (deadline or failing_since + RECONNECT):
-                raise ServiceUnavailable("the envctl server stopped answering")
-            await asyncio.sleep(_backoff(attempt))  # backoff before reconnecting
-            attempt += 1
+            await asyncio.sleep(stream.retry_in())  # backoff before reconnecting
 
     async def resolve_image(
         self,
@@ -391,29 +417,15 @@ class AsyncEnvctlClient:
             try:
                 answer = await self.resolve(request, force_rebuild=force_rebuild)
                 break
-            except (httpx.TransportError, ServiceUnavailable):
-                if time.monotonic() > deadline:
-                    raise
-            except QueueFull as exc:
-                if time.monotonic() + exc.retry_after > deadline:
-                    raise
-                await asyncio.sleep(exc.retry_after)  # the server said when to come back
-                continue
-            await asyncio.sleep(_backoff(attempt))  # backoff between attempts
-            attempt += 1
+            except (httpx.TransportError, ServiceUnavailable, QueueFull) as exc:
+                await asyncio.sleep(_retry_in(exc, attempt, deadline))  # backoff
+                attempt += 1
         if isinstance(answer, ImageView):
             return answer
-        end: BuildView | None = None
+        end = None
         async for item in self.logs(answer.build_id, deadline=deadline):
-            if isinstance(item, LogEventView):
-                if on_log is not None:
-                    on_log(item)
-            else:
-                end = item
-        assert end is not None
-        if end.status != "succeeded":
-            raise failure(end)
-        return end.image_view()
+            end = take(item, on_log) or end
+        return outcome(end, answer)
 
     async def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         try:

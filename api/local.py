@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from api.client import OnLog, failure
+from api.client import OnLog, image_after
 from api.errors import NotFound
 from api.models import BuildView, HashView, ImageView, LogEventView
 from api.records import LogLine, Workspace
@@ -85,7 +85,9 @@ class LocalEnvironments:
         record = resolved.build
         if record.status == "queued":
             thread = threading.Thread(
-                target=self._service.run_queued, args=(record.id,), name=f"build-{record.id}"
+                target=self._service.workers.run_queued,
+                args=(record.id,),
+                name=f"build-{record.id}",
             )
             thread.start()
             self._threads.append(thread)
@@ -104,9 +106,10 @@ class LocalEnvironments:
         return self._service.metadata(self.workspace, key).as_json()
 
     def logs(
-        self, build_id: str, *, after: int = 0, follow: bool = True
+        self, build_id: str, *, after: int = 0, follow: bool = True, deadline: float | None = None
     ) -> Iterator[LogEventView | BuildView]:
-        """The build's log lines (live while it runs, with `follow`), then its view."""
+        """The build's log lines (live while it runs, with `follow`, until `deadline`), then
+        its view."""
         service, hub = self._service, self._service.hub
         while True:
             lines = hub.lines_after(build_id, after)
@@ -119,7 +122,7 @@ class LocalEnvironments:
                 yield from (_view(line) for line in service.store.read_log(build_id, after))
                 yield BuildView.of(record)
                 return
-            if not follow:
+            if not follow or (deadline is not None and time.monotonic() > deadline):
                 yield BuildView.of(record, service.position(record))
                 return
             if not lines:
@@ -138,18 +141,7 @@ class LocalEnvironments:
         if isinstance(answer, ImageView):
             return answer
         deadline = time.monotonic() + timeout
-        end: BuildView | None = None
-        for item in self.logs(answer.build_id):
-            if isinstance(item, LogEventView):
-                if on_log is not None:
-                    on_log(item)
-            else:
-                end = item
-            if time.monotonic() > deadline:
-                break
-        if end is None or end.status != "succeeded":
-            raise failure(end or answer)
-        return end.image_view()
+        return image_after(self.logs(answer.build_id, deadline=deadline), on_log, answer)
 
 
 def _view(line: LogLine) -> LogEventView:

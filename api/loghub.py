@@ -13,7 +13,6 @@ import asyncio
 import bisect
 import contextlib
 import threading
-from collections.abc import Callable
 
 from api.records import LogLine
 
@@ -86,12 +85,10 @@ class LogHub:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)
 
-    def wait_finished(self, build_id: str, timeout: float, is_done: Callable[[], bool]) -> None:
-        """Block a thread until the build ends here or `timeout` passes (embedded use);
-        `is_done` is asked once first, so an outcome already recorded is not waited for."""
+    def wait_finished(self, build_id: str, timeout: float) -> None:
+        """Block a thread until the build ends here or `timeout` passes (embedded use). A
+        build that ended here since the caller looked is remembered: no wait then."""
         with self._done:
-            if build_id in self._finished or is_done():
-                return
             self._done.wait_for(lambda: build_id in self._finished, timeout)
 
     def wait_change(self, build_id: str, after: int, timeout: float) -> None:

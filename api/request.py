@@ -36,7 +36,7 @@ from api.specfiles import (
     MAX_LINKS,
     KeptFile,
     RecordingFiles,
-    link_target,
+    end_of_links,
     names_folder,
     read_spec_parts,
     relative_path,
@@ -48,10 +48,9 @@ from hashing import (
     EnvironmentSpec,
     FileRef,
     ImageName,
-    InvalidReference,
     SpecError,
     SpecFormat,
-    parse_image,
+    parse_image_at,
 )
 
 _LISTING = "envctl.context/1"  # names the folder layout: change it when the layout changes
@@ -116,10 +115,7 @@ def spec_from_request(
     yet resolved. A build context is written under `contexts`, nothing else touches the disk."""
     base = default_base
     if request.base_image is not None:
-        try:
-            base = parse_image(request.base_image)
-        except InvalidReference as exc:
-            raise SpecError(str(exc), source="base_image") from None
+        base = parse_image_at(request.base_image, "base_image")
     files = RequestFiles(request, contexts)
     return read_spec_parts(files, format=files.format).complete(base)
 
@@ -165,19 +161,14 @@ class RequestFiles:
         """The spec's text."""
         return self._text
 
+    def _link_of(self, path: str) -> str | None:
+        sent = self._sent.get(path)
+        return sent.digest if sent is not None and sent.kind == "symlink" else None  # its target
+
     def read_text(self, ref: FileRef, within: FileRef | None = None) -> tuple[str, str]:
         """The text of the file `ref` names, following symlinks among the request's files."""
-        path = relative_path(ref, within)
-        for _ in range(MAX_LINKS):
-            sent = self._sent.get(path)
-            if sent is None or sent.kind != "symlink":
-                break
-            target = link_target(path, sent.digest)
-            if target is None:
-                raise ref.error(f"{path!r} links to an absolute path, outside the request")
-            path = target
-        else:
-            raise ref.error(f"too many levels of symbolic links: {path!r}")
+        path = end_of_links(relative_path(ref, within), self._link_of, ref, ", outside the request")
+        sent = self._sent.get(path)
         if sent is None:
             raise ref.error(f"file not found: {path!r} is not among the request's files")
         if sent.kind != "file":

@@ -37,20 +37,16 @@ from api.request import ResolveRequest, spec_from_request
 from api.settings import Settings
 from api.store import BuildStore, QueueLimit
 from api.tenants import Memo, Tenants
-from api.workers import Workers, parse_base
+from api.workers import Workers
 from builder.docker import DockerBuilder
-from hashing import (
-    EnvironmentSpec,
-    EnvKey,
-    compute_key,
-)
+from hashing import EnvironmentSpec, EnvKey, compute_key, parse_image_at
 from registry import DigestResolver
 from registry.base import ImageRef
 from registry.metadata import EnvMetadata
 
+log = logging.getLogger("envctl.service")
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 SPEC_MEMO = 4096  # specs remembered by request content (a few KB each)
-log = logging.getLogger("envctl.service")
 RETRY_AFTER = 30  # seconds a client told "queue full" waits before asking again
 T = TypeVar("T")
 
@@ -116,6 +112,10 @@ class EnvironmentService:
         self._specs: Memo[EnvironmentSpec] = Memo(SPEC_MEMO)
         self._keys: Memo[tuple[str, EnvKey]] = Memo(SPEC_MEMO)  # (base digest, key)
         self.workers = Workers(self)
+        default = settings.default_base_image
+        self._default_base = (
+            None if default is None else parse_image_at(default, "ENVCTL_BASE_IMAGE")
+        )
 
     # lifecycle
     def start(self) -> None:
@@ -170,11 +170,8 @@ class EnvironmentService:
         if spec is not None:
             return spec
         s = self.settings
-        default = request.base_image or s.default_base_image
         spec = spec_from_request(
-            request,
-            contexts=s.home / "contexts",
-            default_base=None if default is None else parse_base(default),
+            request, contexts=s.home / "contexts", default_base=self._default_base
         )
         spec = spec.with_package_sources(
             channels=s.channels, pip_index_url=s.pip_index_url, pip_find_links=s.pip_find_links
@@ -245,11 +242,7 @@ class EnvironmentService:
             remaining = deadline - time.monotonic()
             if record.done or remaining <= 0:
                 return record
-            self.hub.wait_finished(
-                build_id,
-                min(self.limits.poll_seconds, remaining),
-                lambda: self.build(workspace, build_id).done,
-            )
+            self.hub.wait_finished(build_id, min(self.limits.poll_seconds, remaining))
 
     async def wait_async(self, workspace: str, build_id: str, timeout: float) -> BuildRecord:
         """`wait` for the event loop: no thread is held while waiting."""
@@ -266,8 +259,8 @@ class EnvironmentService:
         self, workspace: str, build_id: str, after: int = 0, *, live: bool = True
     ) -> AsyncIterator[LogLine | BuildRecord]:
         """The build's log lines after `after`, live while it runs, then its final record
-        (not `live`: the lines so far, then the record as it is)."""
-        await run_blocking(self.build, workspace, build_id)  # NotFound before anything is sent
+        (not `live`: the lines so far, then the record as it is). The caller checks first that
+        the build is the workspace's: a generator's first step runs only once it streams."""
         while True:
             event = self.hub.event(build_id)
             lines = self.hub.lines_after(build_id, after)
@@ -306,13 +299,11 @@ class EnvironmentService:
             try:
                 check()
                 answers[name] = "ok"
-            except Exception as exc:
-                answers[name] = str(exc) or type(exc).__name__
+            except Exception as exc:  # any failure makes the service unready
+                # the details (hosts, paths) go to the log, not to an unauthenticated caller
+                log.warning("readiness: %s: %s", name, exc)
+                answers[name] = f"unavailable ({type(exc).__name__})"
         return answers
-
-    def run_queued(self, build_id: str) -> None:
-        """Run one queued build in this thread, if it is still queued (else someone runs it)."""
-        self.workers.run_queued(build_id)
 
 
 def _fingerprint(request: ResolveRequest) -> str:

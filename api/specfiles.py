@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -232,18 +233,15 @@ class RecordingFiles(DiskFiles):
     def kept(self) -> list[KeptFile]:
         """Everything kept, by path. A named file that is a symlink in the context is read
         through it on the service, so the end of its chain is kept too."""
-        for path, ref in self._named:
-            for _ in range(MAX_LINKS):
-                file = self._kept.get(path)
-                if file is None or file.kind != "symlink":
-                    break
-                target = link_target(path, file.target)
-                if target is None:
-                    raise ref.error(f"{path!r} links to an absolute path: it cannot be sent")
-                path = target
+        for named, ref in self._named:
+            path = end_of_links(named, self._link_of, ref, ": it cannot be sent")
             if path not in self._kept:
                 self._kept[path] = _kept_file(path, self.folder / path)
         return sorted(self._kept.values(), key=lambda file: file.path)
+
+    def _link_of(self, path: str) -> str | None:
+        file = self._kept.get(path)
+        return file.target if file is not None and file.kind == "symlink" else None
 
 
 def _kept_file(path: str, disk: Path, listed: ContextEntry | None = None) -> KeptFile:
@@ -272,6 +270,22 @@ def names_folder(path: str) -> bool:
     """True when a relative path names a folder other than the spec's folder or one above it
     (which exist, whatever a request sends)."""
     return any(part != ".." for part in path.split("/")) if path else False
+
+
+def end_of_links(
+    path: str, link_of: Callable[[str], str | None], ref: FileRef, absolute: str
+) -> str:
+    """Where the chain of symlinks from `path` ends; `link_of` gives a path's link target
+    (None: not a symlink). An absolute target is `ref`'s error, with `absolute` saying why."""
+    for _ in range(MAX_LINKS):
+        target = link_of(path)
+        if target is None:
+            return path
+        followed = link_target(path, target)
+        if followed is None:
+            raise ref.error(f"{path!r} links to an absolute path{absolute}")
+        path = followed
+    raise ref.error(f"too many levels of symbolic links: {path!r}")
 
 
 def link_target(path: str, target: str) -> str | None:

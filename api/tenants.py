@@ -30,7 +30,6 @@ T = TypeVar("T")
 class Tenant:
     """One workspace's registries and resolver."""
 
-    workspace: StoreRegistry
     tiers: Registry
     resolver: Resolver
     closers: list[Callable[[], None]] = field(default_factory=list)
@@ -115,7 +114,7 @@ class Tenants:
             own, self._engine, BuildConfig(s.home, s.global_credentials if is_global else None)
         )
         state = s.home / "workspaces" / workspace.name
-        return Tenant(own, tiers, Resolver(tiers, builder, state=state), closers)
+        return Tenant(tiers, Resolver(tiers, builder, state=state), closers)
 
     def _registry(self, address: str, credentials: Credentials | None) -> StoreRegistry:
         s = self.settings

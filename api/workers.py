@@ -19,9 +19,6 @@ from api.request import ResolveRequest
 from hashing import (
     EnvctlError,
     EnvironmentSpec,
-    ImageName,
-    InvalidReference,
-    SpecError,
     compute_key,
     parse_image,
 )
@@ -134,7 +131,7 @@ class Workers:
         when it was queued (a tag moved since then is another key)."""
         plan = record.request
         spec = self._svc.read_spec(ResolveRequest.model_validate(plan["request"]))
-        spec = spec.with_base_image(parse_base(plan["base_image"]))
+        spec = spec.with_base_image(parse_image(plan["base_image"]))  # written by resolve()
         if compute_key(spec) != record.key:
             raise EnvctlError(
                 "the server's package sources changed since this build was queued; resolve again"
@@ -194,14 +191,6 @@ class Workers:
         thread = threading.Thread(target=target, name=name, daemon=True)
         thread.start()
         self._threads.append(thread)
-
-
-def parse_base(text: str) -> ImageName:
-    """A base image reference from a request or a build plan; SpecError when malformed."""
-    try:
-        return parse_image(text)
-    except InvalidReference as exc:
-        raise SpecError(str(exc), source="base_image") from None
 
 
 def dead_here(owner: str | None, host: str) -> bool:

@@ -3,7 +3,13 @@
 from hashing.conda import CondaEnvironment
 from hashing.dockersteps import DockerStep, ParsedDockerfile, parse_dockerfile, parse_steps
 from hashing.errors import EnvctlError, SpecError
-from hashing.imageref import ImageName, InvalidReference, normalize_platform, parse_image
+from hashing.imageref import (
+    ImageName,
+    InvalidReference,
+    normalize_platform,
+    parse_image,
+    parse_image_at,
+)
 from hashing.key import SCHEME, EnvKey, canonical_inputs, canonical_json, compute_key, is_key
 from hashing.spec import (
     ContextEntry,
@@ -42,6 +48,7 @@ __all__ = [
     "parse_conda_text",
     "parse_dockerfile",
     "parse_image",
+    "parse_image_at",
     "parse_spec_text",
     "parse_steps",
 ]

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from hashing.errors import SpecError
+
 _ALNUM = r"[a-z0-9]+"
 _SEPARATOR = r"(?:[._]|__|[-]+)"
 _PATH_COMPONENT = rf"{_ALNUM}(?:{_SEPARATOR}{_ALNUM})*"
@@ -97,6 +99,15 @@ def parse_image(text: str) -> ImageName:
     if tag is None and digest is None:
         tag = DEFAULT_TAG
     return ImageName(domain, repository, tag, digest)
+
+
+def parse_image_at(text: str, source: str) -> ImageName:
+    """`parse_image` for a reference given outside a spec file (a flag, a setting, a request
+    field): a malformed one is a SpecError naming `source`."""
+    try:
+        return parse_image(text)
+    except InvalidReference as exc:
+        raise SpecError(str(exc), source=source) from None
 
 
 def _split_domain(name: str) -> tuple[str, str]:
