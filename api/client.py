@@ -267,6 +267,8 @@ class EnvctlClient:
                     headers=stream.headers(),
                     params={"follow": str(follow).lower()},
                 ) as source:
+                    if not source.response.is_success:
+                        source.response.read()  # an error's body, before it is read as one
                     check(source.response)
                     for sse in source.iter_sse():
                         item = _Calls.event(sse)
@@ -391,6 +393,8 @@ class AsyncEnvctlClient:
                     headers=stream.headers(),
                     params={"follow": str(follow).lower()},
                 ) as source:
+                    if not source.response.is_success:
+                        await source.response.aread()  # an error's body, before it is read
                     check(source.response)
                     async for sse in source.aiter_sse():
                         item = _Calls.event(sse)

@@ -11,6 +11,7 @@ about. A request names files by `relative_path`: relative to the spec's folder, 
 
 from __future__ import annotations
 
+import io
 import os
 import posixpath
 import stat
@@ -40,6 +41,7 @@ from hashing import (
 )
 
 MAX_LINKS = 40  # symlinks followed in one path, as Linux's MAXSYMLINKS
+MAX_TEXT_BYTES = 4 * 2**20  # a spec, conda file or Dockerfile: far above any real one
 _IGNORE_FILES = (".dockerignore", ".amlignore")
 
 
@@ -155,7 +157,20 @@ class DiskFiles:
 def _read_text(path: Path, named_by: FileRef | None) -> str:
     """A text file's content; a SpecError pointing at whoever named it when it cannot be read."""
     try:
-        return path.read_text(encoding="utf-8-sig")
+        # non-blocking, then fstat: opening a FIFO must not wait for a writer, and the file
+        # checked is the file read (no swap between a stat and the open)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as file:
+            kind = os.fstat(file.fileno()).st_mode
+            if stat.S_ISDIR(kind):
+                raise IsADirectoryError
+            data = file.read(MAX_TEXT_BYTES + 1) if stat.S_ISREG(kind) else None
+        if data is None:
+            message = f"not a regular file: {str(path)!r}"
+        elif len(data) > MAX_TEXT_BYTES:
+            message = f"larger than {MAX_TEXT_BYTES // 2**20} MiB: {str(path)!r}"
+        else:  # universal newlines, as Path.read_text reads
+            return io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig").read()
     except FileNotFoundError:
         message = f"file not found: {str(path)!r}"
     except IsADirectoryError:

@@ -25,6 +25,7 @@ from httpx_sse import connect_sse
 
 from api.app import create_app
 from api.client import AsyncEnvctlClient, EnvctlClient
+from api.errors import NotFound, Unauthorized
 from api.models import BuildView, ImageView, LogEventView
 from api.request import ResolveRequest, request_from_file
 from api.settings import Settings
@@ -390,6 +391,27 @@ def test_a_dropped_log_stream_resumes_with_last_event_id(
     assert [line.text for line in whole if re.fullmatch(r"line-\d+", line.text)] == [
         f"line-{i}" for i in range(1, 31)
     ]
+
+
+def test_a_log_stream_refused_raises_the_servers_error_not_an_unread_body(
+    shared: Shared,
+) -> None:
+    """An error answer to a log stream (unknown build, bad token) is the server's error."""
+    alpha = shared.tenant("alpha")
+    url = shared.server.url
+    for token, error in ((alpha.token, NotFound), ("not-a-token", Unauthorized)):
+        with EnvctlClient(url, token, workspace=alpha.name) as envctl, pytest.raises(error):
+            list(envctl.logs("0123456789abcdef", follow=False))
+
+    async def watch(token: str) -> None:
+        async with AsyncEnvctlClient(url, token, workspace=alpha.name) as envctl:
+            async for _ in envctl.logs("0123456789abcdef", follow=False):
+                pass
+
+    with pytest.raises(NotFound):
+        asyncio.run(watch(alpha.token))
+    with pytest.raises(Unauthorized):
+        asyncio.run(watch("not-a-token"))
 
 
 # restart

@@ -10,7 +10,7 @@ from docker.utils.build import PatternMatcher
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from api.specfiles import load_spec
+from api.specfiles import MAX_TEXT_BYTES, load_spec
 from builder.context import DockerIgnore, hash_file, scan_context
 from hashing import SpecError, compute_key
 
@@ -192,3 +192,29 @@ def test_dockerignore_reads_patterns_exactly_as_docker_py(
         ancestors = ["/".join(parts[:i]) for i in range(1, len(parts))]
         if not any(theirs.matches(a) for a in ancestors):  # type: ignore[arg-type]
             assert ours.excludes(path, ancestors_kept=True) == expected, (patterns, path)
+
+
+def test_a_spec_that_is_not_a_regular_file_is_refused_at_once(tmp_path: Path) -> None:
+    """A FIFO would wait for a writer and /dev/zero never ends: both are refused unread."""
+    fifo = tmp_path / "spec.yml"
+    os.mkfifo(fifo)
+    for path in (fifo, Path("/dev/zero")):
+        with pytest.raises(SpecError, match="not a regular file"):
+            load_spec(path)
+
+
+def test_a_named_file_larger_than_the_limit_is_refused_with_its_line(tmp_path: Path) -> None:
+    (tmp_path / "environment.yml").write_bytes(b"#" * (MAX_TEXT_BYTES + 1))
+    spec = tmp_path / "env.yml"
+    spec.write_text("base_image: busybox@sha256:" + "0" * 64 + "\nconda: environment.yml\n")
+    with pytest.raises(SpecError, match="larger than 4 MiB") as caught:
+        load_spec(spec)
+    assert caught.value.line == 2
+
+
+def test_crlf_spec_files_read_as_before(tmp_path: Path) -> None:
+    unix, dos = tmp_path / "unix.yml", tmp_path / "dos.yml"
+    text = "base_image: busybox@sha256:" + "0" * 64 + "\nvariables: {A: '1'}\n"
+    unix.write_text(text)
+    dos.write_bytes(text.replace("\n", "\r\n").encode())
+    assert compute_key(load_spec(unix)) == compute_key(load_spec(dos))
