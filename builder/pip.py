@@ -1,8 +1,8 @@
 """pip requirements: resolved once on the builder host, installed in the image without resolving.
 
     resolve   pip's own resolver (`pip install --dry-run --report`) for the image's Python version
-              and platform, where the spec's options say (the operator's index or find-links
-              among them: they are part of the key) → pins with hashes: the lock
+              and platform, from the operator's index or find-links only (they are part of the
+              key; a spec's own sources never reach pip) → pins with hashes: the lock
     download  exactly the pinned wheels, checked against their hashes, into the build context
     install   in the image: `pip install --no-deps --no-index --require-hashes`, offline
 
@@ -59,7 +59,8 @@ def resolve(
     work: Path,
 ) -> PipLock:
     """Pin `requirements` (and their dependencies) for `python_version` on `platform`;
-    `options` (the spec's, with the operator's index or find-links) say where to look."""
+    `options` are the operator's sources and the spec's allowlisted resolver options
+    (CondaEnvironment.pip_arguments)."""
     work.mkdir(parents=True, exist_ok=True)
     report = work / "pip-report.json"
     _pip(
@@ -110,6 +111,7 @@ def _pip(*args: str) -> None:
         "pip",
         *args,
         "--quiet",
+        "--isolated",  # no PIP_* variables, no pip.conf: the operator's sources are the sources
         "--no-input",
         "--disable-pip-version-check",
     ]

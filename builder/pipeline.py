@@ -183,7 +183,7 @@ class DockerImageBuilder:
             on_event("solve", f"resolving {len(conda.pip)} pip requirements for python {python}")
             pip_lock = pip.resolve(
                 conda.pip,
-                conda.pip_options,
+                conda.pip_arguments,
                 python_version=python,
                 platform=spec.platform,
                 work=target.parent / "pip",
@@ -191,7 +191,7 @@ class DockerImageBuilder:
             on_event("install", f"fetching {len(pip_lock.names)} pinned wheels")
             pip.download(
                 pip_lock,
-                conda.pip_options,
+                conda.pip_arguments,
                 python_version=python,
                 platform=spec.platform,
                 target=target / WHEELS_DIR,

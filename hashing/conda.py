@@ -12,7 +12,7 @@ Normalization merges what conda and pip read the same way and nothing else:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
@@ -32,6 +32,22 @@ _SIMPLE_REQUIREMENT = re.compile(
 )
 _FILE_OPTIONS = frozenset({"-r", "--requirement", "-c", "--constraint", "-e", "--editable"})
 _PIP_OPTION = re.compile(r"^(?P<flag>--?[A-Za-z][\w-]*)(?:(?:\s*=\s*|\s+)(?P<value>.+))?$")
+# The pip options a spec may carry: an allowlist, because pip runs on the builder host and most
+# of its options name host files (`--log`, `--cert`, `--src`) or change what it trusts.
+# Where packages come from is the operator's decision (ENVCTL_PIP_INDEX_URL, _FIND_LINKS): a
+# spec's own sources are accepted, as conda's pip does, but never reach pip (see
+# EnvironmentSpec.with_package_sources); the short forms are written long.
+PIP_SOURCE_OPTIONS = frozenset(
+    {"--index-url", "--extra-index-url", "--find-links", "--no-index", "--trusted-host"}
+)
+# options that change how pip resolves, passed to it as they are
+PIP_RESOLVER_OPTIONS = frozenset({"--pre", "--prefer-binary"})
+# options envctl always applies (wheels only, every download checked against its hash)
+_PIP_IMPLIED_OPTIONS = frozenset({"--only-binary", "--require-hashes"})
+_PIP_SHORT = {"-i": "--index-url", "-f": "--find-links"}
+_PIP_VALUED = frozenset(
+    {"--index-url", "--extra-index-url", "--find-links", "--trusted-host", "--only-binary"}
+)
 
 
 @dataclass(frozen=True)
@@ -42,6 +58,16 @@ class CondaEnvironment:
     dependencies: tuple[str, ...] = ()
     pip: tuple[str, ...] = ()
     pip_options: tuple[str, ...] = ()
+    # the operator's pip sources, put in by EnvironmentSpec.with_package_sources (they are in
+    # pip_options too, and so in the key): the only sources the builder gives pip
+    pip_sources: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def pip_arguments(self) -> tuple[str, ...]:
+        """What the builder passes to pip besides requirements: the operator's sources and the
+        spec's allowlisted resolver options, never a source or file the spec names."""
+        resolver = (o for o in self.pip_options if pip_option_flag(o) in PIP_RESOLVER_OPTIONS)
+        return (*self.pip_sources, *resolver)
 
     @property
     def empty(self) -> bool:
@@ -89,9 +115,7 @@ def normalize_pip_line(text: str) -> tuple[bool, str]:
                 f"{flag} names a file whose content envctl cannot key: list the requirements "
                 "themselves in the pip: list"
             )
-        if value is None:
-            return True, flag
-        return True, flag + ("=" if flag.startswith("--") else " ") + value.strip()
+        return True, _pip_option(flag, value)
     if line.startswith((".", "/", "~", "file:")):
         raise ValueError(
             f"{line!r} is a local path whose content envctl cannot key: publish it as a wheel "
@@ -103,6 +127,36 @@ def normalize_pip_line(text: str) -> tuple[bool, str]:
         except InvalidRequirement:
             return False, line
     return False, _fast_requirement(line) or _requirement(line)
+
+
+def _pip_option(flag: str, value: str | None) -> str:
+    """One allowlisted pip option in its written-long form; ValueError for any other."""
+    if flag == "--no-binary":
+        raise ValueError(
+            "--no-binary: envctl installs wheels only (building sdists would run "
+            "their code on the builder host)"
+        )
+    if flag in _PIP_SHORT:
+        if value is None:
+            raise ValueError(f"pip option {flag} needs a value")
+        # kept as written so that keys computed before the allowlist do not move
+        return f"{flag} {value.strip()}"
+    allowed = PIP_SOURCE_OPTIONS | PIP_RESOLVER_OPTIONS | _PIP_IMPLIED_OPTIONS
+    if flag not in allowed:
+        raise ValueError(
+            f"pip option {flag} is not allowed in a spec: pip runs on the builder host, so a spec "
+            f"may carry only {', '.join(sorted(allowed))}"
+        )
+    if (value is None) == (flag in _PIP_VALUED):
+        wrong = "needs a value" if value is None else "takes no value"
+        raise ValueError(f"pip option {flag} {wrong}")
+    return flag if value is None else f"{flag}={value.strip()}"
+
+
+def pip_option_flag(option: str) -> str:
+    """The long flag of a normalized pip option (`-i URL` is `--index-url`)."""
+    flag = option.split("=", 1)[0].split(" ", 1)[0]
+    return _PIP_SHORT.get(flag, flag)
 
 
 def _fast_requirement(line: str) -> str | None:

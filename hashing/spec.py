@@ -16,7 +16,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from hashing.conda import CondaEnvironment, parse_conda
+from hashing.conda import (
+    PIP_SOURCE_OPTIONS,
+    CondaEnvironment,
+    parse_conda,
+    pip_option_flag,
+)
 from hashing.dockersteps import DockerStep, ParsedDockerfile, parse_steps
 from hashing.errors import SpecError
 from hashing.imageref import (
@@ -30,8 +35,6 @@ from hashing.validate import VariableName, VariableValue, validate
 from hashing.yamldoc import Path, YamlDocument, load_yaml
 
 SpecFormat = Literal["envctl", "conda", "azureml"]
-# pip options that say where packages come from: the operator's sources replace them
-_SOURCE_OPTIONS = ("--index-url", "-i ", "--no-index", "--find-links", "-f ")
 
 
 @dataclass(frozen=True, order=True)
@@ -82,18 +85,25 @@ class EnvironmentSpec:
     ) -> EnvironmentSpec:
         """This spec with the operator's package sources (ENVCTL_CHANNELS, the pip index and
         find-links) in place of its own. They decide what gets installed, so they must be in
-        the key: the build then reads its sources from the spec and nowhere else."""
+        the key. The spec's own pip sources (`--extra-index-url`, …) are dropped: pip runs on
+        the builder host, and what it may read is the operator's decision, not a workspace's."""
         conda = self.conda
         if conda is None:
             return self
         if channels:
             conda = replace(conda, channels=tuple(dict.fromkeys(c.rstrip("/") for c in channels)))
-        if conda.pip and (pip_index_url or pip_find_links):
-            # with links alone, pip must not also ask its default index
-            source = [f"--index-url={pip_index_url}"] if pip_index_url else ["--no-index"]
-            source += [f"--find-links={link}" for link in pip_find_links]
-            kept = [o for o in conda.pip_options if not o.startswith(_SOURCE_OPTIONS)]
-            conda = replace(conda, pip_options=tuple(dict.fromkeys((*source, *kept))))
+        if conda.pip:
+            source: list[str] = []
+            if pip_index_url or pip_find_links:
+                # with links alone, pip must not also ask its default index
+                source = [f"--index-url={pip_index_url}"] if pip_index_url else ["--no-index"]
+                source += [f"--find-links={link}" for link in pip_find_links]
+            kept = [o for o in conda.pip_options if pip_option_flag(o) not in PIP_SOURCE_OPTIONS]
+            conda = replace(
+                conda,
+                pip_options=tuple(dict.fromkeys((*source, *kept))),
+                pip_sources=tuple(source),
+            )
         return replace(self, conda=conda)
 
 

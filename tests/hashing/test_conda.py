@@ -9,7 +9,12 @@ from hashing.conda import (
     _requirement,
     normalize_match_spec,
     normalize_pip_line,
+    parse_conda,
 )
+from hashing.imageref import parse_image
+from hashing.key import compute_key
+from hashing.spec import EnvironmentSpec
+from hashing.yamldoc import load_yaml
 
 
 @pytest.mark.parametrize(
@@ -112,3 +117,38 @@ def test_the_fast_path_reads_requirements_exactly_as_packaging_does(line: str) -
 def test_pip_lines_naming_local_files_are_refused(line: str) -> None:
     with pytest.raises(ValueError, match="cannot key"):
         normalize_pip_line(line)
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["--log=/tmp/pip.log", "--log /tmp/pip.log", "--cert=/root/ca.pem", "--src /root",
+     "--target=/etc", "--trusted-host", "--pre=1", "--no-binary=:all:", "-iURL", "--proxy=x"],
+)  # fmt: skip
+def test_pip_options_outside_the_allowlist_are_refused(line: str) -> None:
+    """pip runs on the builder host: an option naming a host path must not get there."""
+    with pytest.raises(ValueError, match=r"pip option|--no-binary"):
+        normalize_pip_line(line)
+
+
+def test_a_specs_own_pip_sources_never_reach_pip() -> None:
+    doc = load_yaml(
+        "dependencies:\n- pip:\n  - --extra-index-url https://example.invalid/x\n"
+        "  - --find-links=/root\n  - -i https://example.invalid/i\n  - --no-index\n"
+        "  - --trusted-host example.invalid\n  - --pre\n  - '--only-binary=:all:'\n  - numpy\n",
+        "env.yml",
+    )
+    env, _ = parse_conda(doc)
+    spec = EnvironmentSpec(base_image=parse_image("ubuntu"), conda=env)
+    assert env.pip_arguments == ("--pre",), "without the operator's sources pip uses none"
+    plain = spec.with_package_sources()
+    assert plain.conda is not None
+    assert plain.conda.pip_arguments == ("--pre",)
+    assert plain.conda.pip_options == ("--pre", "--only-binary=:all:")
+    operator = spec.with_package_sources(
+        pip_index_url="https://example.invalid/op", pip_find_links=("/srv/wheels",)
+    )
+    assert operator.conda is not None
+    assert operator.conda.pip_arguments == (
+        "--index-url=https://example.invalid/op", "--find-links=/srv/wheels", "--pre",
+    )  # fmt: skip
+    assert compute_key(operator) != compute_key(plain), "the operator's sources are keyed"
