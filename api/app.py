@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -24,12 +25,20 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import SQLAlchemyError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import BodyTooLarge, NotFound, QueueFull, Unauthorized, http_status
+from api.errors import (
+    BodyTooLarge,
+    NotFound,
+    QueueFull,
+    Unauthorized,
+    http_status,
+    kind_of,
+    public_message,
+)
 from api.metrics import ServiceMetrics
 from api.models import BuildView, ErrorView, HashView, ImageView, LogEventView
 from api.records import GLOBAL_WORKSPACE, BuildRecord, LogLine, Token
@@ -38,6 +47,9 @@ from api.service import EnvironmentService, run_blocking
 from api.settings import Settings
 from api.store import BuildStore
 from hashing import EnvctlError, SpecError, canonical_inputs, compute_key
+from hashing.errors import Kind
+
+log = logging.getLogger("envctl.api")
 
 TOKEN_CACHE_SIZE = 10_000
 BODY_LIMIT = 64 << 20  # bytes: a spec with its whole build context, base64
@@ -160,8 +172,9 @@ def create_app(
 
     @app.post("/v1/hash", tags=["environments"])
     async def hash_spec(body: ResolveRequest, token: CallerToken) -> HashView:
-        """The key of a spec, and the canonical inputs it is the hash of."""
-        spec = await run_blocking(svc.spec, body)
+        """The key of a spec, and the canonical inputs it is the hash of. A workspace token's
+        spec must pass that workspace's source policy, as it would to resolve."""
+        spec = await run_blocking(svc.spec, body, token.workspace)
         return HashView(
             key=compute_key(spec), pinned=spec.base_image.pinned, inputs=canonical_inputs(spec)
         )
@@ -269,42 +282,63 @@ async def _events(stream: AsyncIterator[LogLine | BuildRecord]) -> AsyncIterator
 
 
 def _error_response(exc: Exception) -> JSONResponse:
-    """An error's answer, by the one table: its status, code, message and where."""
+    """An error's answer, from its kind: status, code, kind, a message any caller may see and,
+    for a spec, where."""
     status, code = http_status(exc)
-    body = ErrorView(error=code, message=getattr(exc, "message", None) or str(exc))
+    kind = kind_of(exc)
+    if kind is Kind.UNAVAILABLE:  # the details (hosts, ports, paths) go to the log only
+        log.warning("answering %d: %s", status, exc)
+    elif status >= 500:
+        log.error("request failed: %r", exc, exc_info=exc)
+    kind = kind or Kind.FAILED
+    body = ErrorView(error=code, kind=kind, message=public_message(exc))
     if isinstance(exc, SpecError):
         body = ErrorView(
-            error=code, message=exc.message, source=exc.source, line=exc.line, field=exc.field
+            error=code,
+            kind=kind,
+            message=exc.message,
+            source=exc.source,
+            line=exc.line,
+            field=exc.field,
         )
     headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, QueueFull) else None
     if isinstance(exc, Unauthorized):
         headers = {"WWW-Authenticate": "Bearer"}
-    return JSONResponse(body.model_dump(exclude_none=True), status, headers=headers)
+    return JSONResponse(body.model_dump(mode="json", exclude_none=True), status, headers=headers)
 
 
 def _handle_errors(app: FastAPI) -> None:
     # on EnvctlError, not Exception: Starlette runs an Exception handler in its outermost
     # middleware, which answers and then re-raises, and the connection is closed
     @app.exception_handler(EnvctlError)
-    @app.exception_handler(OperationalError)  # the database is away: 503, like a registry
+    @app.exception_handler(SQLAlchemyError)  # the database is away: 503, like a registry
+    @app.exception_handler(OSError)  # a full disk: 503; any other, a bug: 500 without details
     async def envctl_error(_: Request, exc: Exception) -> JSONResponse:
         return _error_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        code = "not_found" if exc.status_code == 404 else "bad_request"
-        body = ErrorView(error=code, message=str(exc.detail))
-        return JSONResponse(body.model_dump(exclude_none=True), exc.status_code, exc.headers)
+        found = exc.status_code == 404
+        kind = Kind.NOT_FOUND if found else Kind.INVALID
+        body = ErrorView(
+            error="not_found" if found else "bad_request", kind=kind, message=str(exc.detail)
+        )
+        return JSONResponse(
+            body.model_dump(mode="json", exclude_none=True), exc.status_code, exc.headers
+        )
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
         body = ErrorView(
-            error="invalid_request", message=first.get("msg", "invalid request"), field=where
+            error="invalid_request",
+            kind=Kind.INVALID,
+            message=first.get("msg", "invalid request"),
+            field=where,
         )
-        return JSONResponse(body.model_dump(exclude_none=True), 422)
+        return JSONResponse(body.model_dump(mode="json", exclude_none=True), 422)
 
 
 class _CountRequests:

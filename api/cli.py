@@ -1,6 +1,7 @@
 """The `envctl` command line.
 
-Exit codes, one table for every command (`EXIT_CODES`):
+Exit codes, derived from each error's kind by one table (`api.errors.OUTCOMES`) whether the
+command ran here or through a server:
     0 ok · 1 operation failed · 2 invalid input or usage · 3 a required service unreachable
 """
 
@@ -20,8 +21,17 @@ from rich.console import Console
 from rich.markup import escape
 
 from api import admin, views
-from api.client import EnvctlClient
-from api.errors import BuildFailed, NotFound, QueueFull, ServiceUnavailable, Unauthorized
+from api.client import EnvctlClient, failure
+from api.errors import (
+    EXIT_FAILED,
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    NotFound,
+    exit_code,
+    kind_of,
+    public_message,
+)
 from api.local import LocalEnvironments
 from api.models import BuildView, ImageView
 from api.prewarm import prewarm, summary
@@ -29,7 +39,6 @@ from api.records import GLOBAL_WORKSPACE, Workspace
 from api.request import ResolveRequest, request_from_file
 from api.settings import Settings
 from api.specfiles import load_spec
-from builder.errors import ChannelUnavailable, EngineUnavailable
 from hashing import (
     EnvctlError,
     EnvironmentSpec,
@@ -41,23 +50,11 @@ from hashing import (
     is_key,
     parse_image_at,
 )
-from registry import DigestResolver, RegistryUnavailable
+from registry import DigestResolver
 from registry.base import ImageRef
-from registry.errors import BaseImageNotFound
 from registry.metadata import EnvMetadata
 
-EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_UNAVAILABLE = 0, 1, 2, 3
-EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
-    (SpecError, EXIT_INVALID),
-    (Unauthorized, EXIT_INVALID),  # ENVCTL_TOKEN is wrong: the user's to fix
-    (ServiceUnavailable, EXIT_UNAVAILABLE),
-    (QueueFull, EXIT_UNAVAILABLE),
-    (BaseImageNotFound, EXIT_INVALID),  # the spec names a base image that does not exist
-    (RegistryUnavailable, EXIT_UNAVAILABLE),
-    (EngineUnavailable, EXIT_UNAVAILABLE),
-    (ChannelUnavailable, EXIT_UNAVAILABLE),
-    (EnvctlError, EXIT_FAILED),
-)
+__all__ = ["EXIT_FAILED", "EXIT_INVALID", "EXIT_OK", "EXIT_UNAVAILABLE", "app", "exit_code", "main"]
 
 app = typer.Typer(
     name="envctl",
@@ -87,19 +84,6 @@ FormatOpt = Annotated[
     str | None,
     typer.Option("--format", help="Spec format: envctl, conda or azureml (default: detected)."),
 ]
-
-
-def exit_code(exc: Exception) -> int:
-    """The CLI's exit code for an error, from the one table (a server's build failure by the
-    class of its error, as if it had failed here)."""
-    if isinstance(exc, BuildFailed):
-        if exc.failure_class in BuildFailed.INVALID:
-            return EXIT_INVALID
-        return EXIT_UNAVAILABLE if exc.transient else EXIT_FAILED
-    for kind, code in EXIT_CODES:
-        if isinstance(exc, kind):
-            return code
-    raise exc
 
 
 @dataclass
@@ -186,8 +170,8 @@ def _format(text: str | None) -> SpecFormat | None:
     raise SpecError(f"unknown format {text!r}: use envctl, conda or azureml", source="--format")
 
 
-def _fail(exc: EnvctlError) -> int:
-    err.print(f"[red]error:[/red] {escape(str(exc))}")
+def _fail(exc: BaseException) -> int:
+    err.print(f"[red]error:[/red] {escape(public_message(exc))}")
     return exit_code(exc)
 
 
@@ -327,7 +311,7 @@ def logs_command(
         print(end.model_dump_json(exclude_none=True))
     else:
         views.build_status(err, end)
-    raise typer.Exit(EXIT_FAILED if end.status == "failed" else EXIT_OK)
+    raise typer.Exit(exit_code(failure(end)) if end.status == "failed" else EXIT_OK)
 
 
 @app.command("prewarm")
@@ -422,7 +406,9 @@ def main() -> None:
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
-    except EnvctlError as exc:  # commands that do not catch their own (workspace, token)
+    except Exception as exc:  # commands that do not catch their own (workspace, token), and
+        if kind_of(exc) is None:  # the database's or the disk's outage anywhere; a bug is a bug
+            raise
         code = _fail(exc)
     # Leave without interpreter finalization: py-rattler's runtime threads can still be winding
     # down after a failed fetch, and finalizing under them aborts the process (exit 134),

@@ -27,19 +27,20 @@ from api.errors import (
     BuildFailed,
     NotFound,
     QueueFull,
-    ServiceError,
+    RemoteError,
     ServiceUnavailable,
     Unauthorized,
 )
 from api.models import BuildView, HashView, ImageView, LogEventView
 from api.request import ResolveRequest
 from hashing import SpecError
+from hashing.errors import Kind
 
 OnLog = Callable[[LogEventView], None]
 LogItem = LogEventView | BuildView
 POLL = 30.0  # seconds one request waits on the server for a build to finish
 RECONNECT = 60.0  # seconds a log stream without a deadline keeps trying to reconnect
-_RETRY_STATUSES = {502, 503, 504}
+_AWAY_STATUSES = {502, 503, 504}  # from a proxy, without envctl's error body
 
 
 class _Calls:
@@ -80,39 +81,47 @@ class _Calls:
 
 
 def check(response: httpx.Response) -> None:
-    """Raise the error an answer carries, as the exception of the server's error table."""
+    """Raise the error an answer carries, of the kind the server gave it. An answer without
+    envctl's error body is not the server's: a 502/503/504 then comes from a proxy in front of
+    a server that is away (ServiceUnavailable, the one error a client waits out)."""
     if response.is_success:
         return
     try:
         body = response.json()
     except ValueError:
-        body = {}
-    message = str(body.get("message") or response.reason_phrase or response.status_code)
-    code = body.get("error")
+        body = None
     status = response.status_code
+    if not isinstance(body, dict) or body.get("kind") not in Kind.__members__.values():
+        if status in _AWAY_STATUSES:
+            raise ServiceUnavailable(f"the envctl server is away (HTTP {status})")
+        raise RemoteError(f"HTTP {status}: {response.reason_phrase}", kind=Kind.FAILED,
+                          code="internal")  # fmt: skip
+    kind, code = Kind(body["kind"]), str(body.get("error") or body["kind"])
+    message = str(body.get("message") or response.reason_phrase)
     if code == "invalid_spec":
         raise SpecError(
             message, source=body.get("source"), line=body.get("line"), field=body.get("field")
         )
-    if code == "invalid_request" or status == 422:
+    if code == "invalid_request":
         raise SpecError(message, source="request", field=body.get("field"))
-    if status == 401:
+    if kind is Kind.UNAUTHORIZED:
         raise Unauthorized(message)
-    if status == 404:
+    if kind is Kind.NOT_FOUND:
         raise NotFound(message)
     if status == 413:
         raise BodyTooLarge(message)
     if status == 429:
         raise QueueFull(message, retry_after=int(response.headers.get("Retry-After", "30")))
-    if status in _RETRY_STATUSES:
-        raise ServiceUnavailable(message)
-    raise ServiceError(f"HTTP {status}: {message}")
+    raise RemoteError(message, kind=kind, code=code)
 
 
 def failure(view: BuildView) -> BuildFailed:
     """The error of a failed build."""
     return BuildFailed(
-        view.message or "the build failed", failure_class=view.failure_class, build_id=view.build_id
+        view.message or "the build failed",
+        failure_class=view.failure_class,
+        build_id=view.build_id,
+        kind=view.failure_kind,  # the server's: it knows its error classes
     )
 
 

@@ -8,7 +8,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from api.errors import failure_kind
 from api.records import BuildRecord, BuildStatus
+from hashing.errors import Kind
 
 
 class _Answer(BaseModel):
@@ -33,6 +35,7 @@ class BuildView(_Answer):
     status: BuildStatus
     position: int | None = None  # in the queue, while queued (1 = next)
     failure_class: str | None = None  # SolveError, StepFailed, BuildTimeout, ...
+    failure_kind: Kind | None = None  # the kind of that error: the exit code follows from it
     message: str | None = None
     queued_at: datetime
     started_at: datetime | None = None
@@ -54,6 +57,7 @@ class BuildView(_Answer):
             status=record.status,
             position=position,
             failure_class=record.failure_class,
+            failure_kind=None if record.status != "failed" else failure_kind(record.failure_class),
             message=record.message,
             queued_at=record.queued_at,
             started_at=started,
@@ -95,6 +99,7 @@ class ErrorView(_Answer):
     """Every error answer: a code from the error table, a message, and where when known."""
 
     error: str
+    kind: Kind  # what it means to the caller; the status and exit code follow from it
     message: str
     source: str | None = None
     line: int | None = None

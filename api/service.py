@@ -32,6 +32,7 @@ from anyio import to_thread
 from api.errors import NotFound, QueueFull
 from api.loghub import LogHub
 from api.metrics import ServiceMetrics
+from api.policy import Prefix, SourcePolicy
 from api.records import BuildRecord, LogLine, Workspace
 from api.request import ResolveRequest, spec_from_request
 from api.settings import Settings
@@ -47,6 +48,7 @@ from registry.metadata import EnvMetadata
 log = logging.getLogger("envctl.service")
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 SPEC_MEMO = 4096  # specs remembered by request content (a few KB each)
+POLICY_TTL = 5.0  # seconds a workspace's source policy (the other workspaces) is trusted
 RETRY_AFTER = 30  # seconds a client told "queue full" waits before asking again
 T = TypeVar("T")
 
@@ -111,6 +113,7 @@ class EnvironmentService:
         self.tenants = Tenants(settings, store, self.engine, workspaces)
         self._specs: Memo[EnvironmentSpec] = Memo(SPEC_MEMO)
         self._keys: Memo[tuple[str, EnvKey]] = Memo(SPEC_MEMO)  # (base digest, key)
+        self._policies: dict[str, tuple[float, SourcePolicy]] = {}
         self.workers = Workers(self)
         default = settings.default_base_image
         self._default_base = (
@@ -134,10 +137,48 @@ class EnvironmentService:
         self.digests.close()
 
     # the API
-    def spec(self, request: ResolveRequest) -> EnvironmentSpec:
-        """The request's spec with the operator's package sources and its base image pinned."""
+    def spec(self, request: ResolveRequest, workspace: str | None = None) -> EnvironmentSpec:
+        """The request's spec with the operator's package sources and its base image pinned.
+        With a workspace, the spec must pass its source policy before anything is fetched
+        (SpecError otherwise); without one (the embedded CLI, an admin) it is trusted."""
         spec = self.read_spec(request)
+        if workspace is not None:
+            self.policy(workspace).check(spec)
         return spec.with_base_image(self.digests.resolve(spec.base_image))
+
+    def policy(self, workspace: str) -> SourcePolicy:
+        """What `workspace`'s specs may name: its own namespace, the global registry, the
+        default base image's repository and the operator's allowed registries, never another
+        workspace's namespace (the list of workspaces is read again every few seconds)."""
+        now = time.monotonic()
+        cached = self._policies.get(workspace)
+        if cached is not None and now - cached[0] < POLICY_TTL:
+            return cached[1]
+        s = self.settings
+        own = self.tenants.workspace(workspace).registry
+        allowed = [Prefix.parse(r) for r in s.allowed_base_registries]
+        if s.global_registry and not s.global_registry.startswith("oci:"):
+            allowed.append(Prefix.parse(s.global_registry))
+        if self._default_base is not None:
+            allowed.append(Prefix(self._default_base.domain, self._default_base.repository))
+        # every other workspace's namespace, and the root they are made under (a namespace
+        # there that is no workspace's now may be a deleted one's, or a future one's)
+        others = [
+            Prefix.parse(r)
+            for r in [
+                *(w.registry for w in self.store.list_workspaces() if w.name != workspace),
+                s.workspace_registry or "oci:",
+            ]
+            if not r.startswith("oci:")
+        ]
+        policy = SourcePolicy(
+            own=() if own.startswith("oci:") else (Prefix.parse(own),),
+            allowed=tuple(allowed),
+            others=tuple(others),
+            url_sources=s.allow_url_sources,
+        )
+        self._policies[workspace] = (now, policy)
+        return policy
 
     def answer_from_memory(self, workspace: str, request: ResolveRequest) -> Resolved | None:
         """A hit answered from what this process already knows (the spec read before, the base
@@ -189,7 +230,7 @@ class EnvironmentService:
     ) -> Resolved:
         """A hit, or the build (joined or queued) that will make the image."""
         tenant = self.tenants.get(workspace)
-        spec = self.spec(request)
+        spec = self.spec(request, workspace)
         key = compute_key(spec)
         if not force_rebuild:
             hit = tenant.tiers.lookup(key)

@@ -17,7 +17,15 @@ passed down. Environment variables win over the file.
     ENVCTL_BUILD_TIMEOUT           seconds of running time a build may take (default 3600)
     ENVCTL_BUILD_MEMORY            memory limit of build steps in bytes, or with k/m/g
     ENVCTL_BUILD_CPUS              CPU limit of build steps (e.g. 1.5)
-    ENVCTL_BUILD_NETWORK           network of build steps: none, host or default
+    ENVCTL_BUILD_NETWORK           network of build steps: none (the default), default (the
+                                   engine's bridge: the internet and whatever the host routes
+                                   to) or host (the host's own, loopback services included)
+    ENVCTL_ALLOWED_BASE_REGISTRIES comma-separated registries or namespaces (HOST[:PORT][/PATH])
+                                   a workspace's images may come from, besides its own
+                                   namespace, the global registry and ENVCTL_BASE_IMAGE's
+                                   repository
+    ENVCTL_ALLOW_URL_SOURCES       1 to let specs ADD URLs and name pip URL requirements (public
+                                   addresses only); default 0: refused
     ENVCTL_PIP_INDEX_URL           the index pip requirements are resolved and fetched from
     ENVCTL_PIP_FIND_LINKS          comma-separated folders or pages of wheels (without an index
                                    URL, only these are used)
@@ -68,7 +76,9 @@ class Settings:
     build_timeout: float = 3600.0
     build_memory: int | None = None
     build_cpus: float | None = None
-    build_network: str = "default"
+    build_network: str = "none"
+    allowed_base_registries: tuple[str, ...] = ()
+    allow_url_sources: bool = False
     docker_host: str | None = None
     pip_index_url: str | None = None
     pip_find_links: tuple[str, ...] = ()
@@ -115,7 +125,9 @@ class Settings:
             build_timeout=_number(env, "ENVCTL_BUILD_TIMEOUT", 3600.0),
             build_memory=_bytes(env.get("ENVCTL_BUILD_MEMORY")),
             build_cpus=_number(env, "ENVCTL_BUILD_CPUS", None),
-            build_network=_network(env.get("ENVCTL_BUILD_NETWORK") or "default"),
+            build_network=_network(env.get("ENVCTL_BUILD_NETWORK") or "none"),
+            allowed_base_registries=_list(env.get("ENVCTL_ALLOWED_BASE_REGISTRIES", "")),
+            allow_url_sources=_flag(env, "ENVCTL_ALLOW_URL_SOURCES"),
             docker_host=env.get("DOCKER_HOST") or None,
             pip_index_url=env.get("ENVCTL_PIP_INDEX_URL") or None,
             pip_find_links=_list(env.get("ENVCTL_PIP_FIND_LINKS", "")),
@@ -197,6 +209,13 @@ def _network(text: str) -> str:
     if text not in ("none", "host", "default"):
         raise SpecError(f"{text!r}: use none, host or default", source="ENVCTL_BUILD_NETWORK")
     return text
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    text = (env.get(name) or "0").strip().lower()
+    if text not in ("0", "1", "true", "false", "yes", "no"):
+        raise SpecError(f"{text!r}: use 1 or 0", source=name)
+    return text in ("1", "true", "yes")
 
 
 def _number(env: Mapping[str, str], name: str, default: float | None) -> Any:

@@ -17,7 +17,7 @@ from api.store import BuildStore
 from builder.docker import DockerBuilder
 from builder.pipeline import BuildConfig, DockerImageBuilder
 from builder.resolve import Resolver
-from hashing import EnvKey
+from hashing import EnvKey, parse_image_at
 from registry.auth import Credentials
 from registry.base import Registry
 from registry.open import open_registry, open_tiers
@@ -110,11 +110,25 @@ class Tenants:
             global_ = self._registry(s.global_registry, s.global_credentials)
             closers.append(global_.close)
         tiers = open_tiers(own, global_)
-        builder = DockerImageBuilder(
-            own, self._engine, BuildConfig(s.home, s.global_credentials if is_global else None)
+        config = BuildConfig(
+            s.home,
+            s.global_credentials if is_global else None,
+            pull_registries=self._pull_registries(workspace),
         )
+        builder = DockerImageBuilder(own, self._engine, config)
         state = s.home / "workspaces" / workspace.name
         return Tenant(tiers, Resolver(tiers, builder, state=state), closers)
+
+    def _pull_registries(self, workspace: Workspace) -> tuple[str, ...]:
+        """The hosts whose credentials a workspace's build may use: its own registry's, the
+        global one's, the default base image's and the operator's allowed registries'."""
+        s = self.settings
+        names = [workspace.registry, s.global_registry or "", *s.allowed_base_registries]
+        if s.default_base_image:
+            names.append(parse_image_at(s.default_base_image, "ENVCTL_BASE_IMAGE").domain)
+        return tuple(
+            dict.fromkeys(n.split("/", 1)[0] for n in names if n and not n.startswith("oci:"))
+        )
 
     def _registry(self, address: str, credentials: Credentials | None) -> StoreRegistry:
         s = self.settings

@@ -28,7 +28,7 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -113,12 +113,14 @@ class DockerBuilder:
         on_log: OnLog,
         build_id: str | None = None,
         dockerfile: str = "Dockerfile",
+        registries: Collection[str] | None = None,
     ) -> str:
         """Build `context_dir` (holding `dockerfile`) into an image tagged `tag`; its image id.
 
         Each log line goes to `on_log` as the engine sends it. `labels` are added to the image
-        on top of the Dockerfile's. Raises StepFailed, BuildTimeout, EngineUnavailable or
-        BuildError; a failed build leaves no tag.
+        on top of the Dockerfile's. The engine pulls with the Docker config's credentials for
+        `registries` (hosts) only; None: all of them (a user's own CLI). Raises StepFailed,
+        BuildTimeout, EngineUnavailable or BuildError; a failed build leaves no tag.
         """
         log = JsonLog(on_log)
         cancel = _Canceller(time.monotonic() + self.timeout)
@@ -126,7 +128,9 @@ class DockerBuilder:
             with tempfile.TemporaryFile(prefix="envctl-context-") as archive:
                 _tar(context_dir, archive, cancel)
                 body = _DeadlineReader(archive, cancel)
-                response = self._post_build(body, tag=tag, labels=labels, dockerfile=dockerfile)
+                response = self._post_build(
+                    body, tag=tag, labels=labels, dockerfile=dockerfile, registries=registries
+                )
                 try:
                     cancel.attach(response)
                     _check_status(response, build_id, log)
@@ -236,7 +240,13 @@ class DockerBuilder:
             self._api.remove_image(tag)
 
     def _post_build(
-        self, body: _DeadlineReader, *, tag: str, labels: Mapping[str, str], dockerfile: str
+        self,
+        body: _DeadlineReader,
+        *,
+        tag: str,
+        labels: Mapping[str, str],
+        dockerfile: str,
+        registries: Collection[str] | None,
     ) -> requests.Response:
         params = {**self._params, "t": tag, "dockerfile": dockerfile}
         if labels:
@@ -245,6 +255,9 @@ class DockerBuilder:
         # credentials for pulling the base image, sent the way the docker CLI sends them
         config = docker.auth.load_config()
         credentials = config.get_all_credentials()  # type: ignore[no-untyped-call]
+        if registries is not None:  # a workspace's build: never another registry's credentials
+            hosts = {_registry_host(r) for r in registries}
+            credentials = {k: v for k, v in credentials.items() if _registry_host(k) in hosts}
         if credentials:
             headers["X-Registry-Config"] = docker.auth.encode_header(credentials).decode()
         # No read timeout: a RUN may be silent for long; the _Canceller enforces the deadline.
@@ -281,6 +294,13 @@ class DockerBuilder:
         except docker.errors.NotFound:
             return False
         return True
+
+
+def _registry_host(name: str) -> str:
+    """A registry's host as the Docker config and image references name it (Docker Hub's
+    `https://index.docker.io/v1/` is `docker.io`)."""
+    host = docker.auth.convert_to_hostname(name).lower()
+    return "docker.io" if host in ("index.docker.io", "registry-1.docker.io") else host
 
 
 def _check_status(response: requests.Response, build_id: str | None, log: JsonLog) -> None:

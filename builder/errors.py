@@ -9,12 +9,13 @@
         └── ChannelUnavailable transient: a conda channel could not be reached
 
 A deterministic failure is remembered per key and returned at once to the next caller (until
-`--force-rebuild`); a transient one is retried with backoff and never remembered.
+`--force-rebuild`); a transient one (kind unavailable) is retried with backoff and never
+remembered; a timeout is neither.
 """
 
 from __future__ import annotations
 
-from hashing.errors import EnvctlError
+from hashing.errors import EnvctlError, Kind
 
 
 class BuildError(EnvctlError):
@@ -47,12 +48,17 @@ class StepFailed(BuildError):
 
 
 class BuildTimeout(BuildError):
-    """The build ran past its time limit."""
+    """The build ran past its time limit (not remembered: it depends on the load; not
+    retried at once either: another attempt would hold a worker as long again)."""
 
 
 class EngineUnavailable(BuildError):
     """The Docker engine could not be reached."""
 
+    kind = Kind.UNAVAILABLE
+
 
 class ChannelUnavailable(BuildError):
     """A conda channel could not be reached (transient: retried, never remembered)."""
+
+    kind = Kind.UNAVAILABLE

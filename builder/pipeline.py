@@ -46,6 +46,10 @@ class BuildConfig:
 
     home: Path
     credentials: Credentials | None = None
+    # the registry hosts whose credentials the engine may pull with (None: every one the
+    # Docker config holds, as for a user's own CLI); a service gives a workspace's build only
+    # its own, the global registry's and the operator's allowed ones
+    pull_registries: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -142,7 +146,13 @@ class DockerImageBuilder:
     ) -> None:
         """The image, tagged `tag`: in one build when no step reads the build context, else
         part 1 (the environment) as a stage and part 2 (the steps) on top of it."""
-        build = functools.partial(self._engine.build, labels={}, on_log=on_log, build_id=build_id)
+        build = functools.partial(
+            self._engine.build,
+            labels={},
+            on_log=on_log,
+            build_id=build_id,
+            registries=self._config.pull_registries,
+        )
         if not _reads_context(spec):  # nothing can see envctl's files: one build will do
             environment = folder / "environment"
             full = render(spec, key, locks.conda, pip_lock=locks.pip, version=VERSION)

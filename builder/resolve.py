@@ -29,7 +29,7 @@ from typing import Protocol
 from builder.errors import BuildError, SolveError, StepFailed
 from hashing import EnvironmentSpec, EnvKey, compute_key
 from registry.base import ImageRef, Registry
-from registry.errors import RegistryAuthError, RegistryError
+from registry.errors import RegistryAuthError, RegistryError, RegistryUnavailable
 
 OnEvent = Callable[[str, str], None]
 """Progress: `on_event(stage, message)`; stage is solve, install, build, push, log or wait."""
@@ -201,7 +201,10 @@ class Resolver:
                 raise  # retrying refused credentials only locks the account
             except RegistryError as exc:
                 error = exc
-            hit = self._registry.lookup(key)
+            try:
+                hit = self._registry.lookup(key)
+            except RegistryUnavailable:
+                hit = None  # still down: the retry below finds out again
             if hit is not None:  # it failed after its tag was written: that image stands
                 return replace(hit, source="built", build_id=build_id)
             delay = next(delays, None)

@@ -23,7 +23,7 @@ from rattler import MatchSpec
 from rattler.exceptions import InvalidMatchSpecError
 
 from hashing.validate import VariableName, VariableValue, validate
-from hashing.yamldoc import Path, YamlDocument
+from hashing.yamldoc import Path, YamlDocument, format_path
 
 _NAME_TEXT = r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
 _NAME = re.compile(rf"^{_NAME_TEXT}$")
@@ -61,6 +61,9 @@ class CondaEnvironment:
     # the operator's pip sources, put in by EnvironmentSpec.with_package_sources (they are in
     # pip_options too, and so in the key): the only sources the builder gives pip
     pip_sources: tuple[str, ...] = field(default=(), compare=False)
+    # where each URL requirement (`name @ https://…`, a bare URL) was written: (requirement,
+    # file, line, field), so a policy that refuses one can point at it
+    pip_urls: tuple[tuple[str, str, int | None, str], ...] = field(default=(), compare=False)
 
     @property
     def pip_arguments(self) -> tuple[str, ...]:
@@ -228,6 +231,7 @@ def parse_conda(doc: YamlDocument, at: Path = ()) -> tuple[CondaEnvironment, dic
     deps: set[str] = set()
     pip: set[str] = set()
     pip_options: list[str] = []
+    urls: list[tuple[str, str, int | None, str]] = []
     for i, dep in enumerate(model.dependencies):
         here = (*at, "dependencies", i)
         if isinstance(dep, str):
@@ -236,7 +240,7 @@ def parse_conda(doc: YamlDocument, at: Path = ()) -> tuple[CondaEnvironment, dic
             except ValueError as exc:
                 raise doc.error(here, str(exc)) from None
         elif isinstance(dep, dict) and set(dep) == {"pip"} and isinstance(dep["pip"], list):
-            _pip_list(doc, (*here, "pip"), dep["pip"], pip, pip_options)
+            _pip_list(doc, (*here, "pip"), dep["pip"], pip, pip_options, urls)
         else:
             raise doc.error(here, "a dependency is a conda match spec or a `pip:` list")
     env = CondaEnvironment(
@@ -245,12 +249,18 @@ def parse_conda(doc: YamlDocument, at: Path = ()) -> tuple[CondaEnvironment, dic
         dependencies=tuple(sorted(deps)),
         pip=tuple(sorted(pip)),
         pip_options=tuple(dict.fromkeys(pip_options)),
+        pip_urls=tuple(urls),
     )
     return env, dict(model.variables)
 
 
 def _pip_list(
-    doc: YamlDocument, at: Path, raw: list[Any], pip: set[str], options: list[str]
+    doc: YamlDocument,
+    at: Path,
+    raw: list[Any],
+    pip: set[str],
+    options: list[str],
+    urls: list[tuple[str, str, int | None, str]],
 ) -> None:
     for j, line in enumerate(raw):
         if not isinstance(line, str):
@@ -260,3 +270,5 @@ def _pip_list(
         except ValueError as exc:
             raise doc.error((*at, j), str(exc)) from None
         (options.append if is_option else pip.add)(text)
+        if not is_option and "://" in text:
+            urls.append((text, doc.source, doc.line_of((*at, j)), format_path((*at, j))))

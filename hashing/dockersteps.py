@@ -47,6 +47,7 @@ class DockerStep:
     heredocs: tuple[tuple[str, str], ...] = ()
     line: int = field(default=0, compare=False)
     original: str = field(default="", compare=False)
+    source: str = field(default="", compare=False)  # the file it was read from
 
     def canonical(self) -> list[Any]:
         """The key's view of this instruction."""
@@ -97,6 +98,8 @@ class ParsedDockerfile:
     base_image: ImageName
     platform: str | None
     steps: tuple[DockerStep, ...]
+    source: str = ""
+    from_line: int | None = None
 
 
 def parse_steps(text: str, source: str, *, first_line: int = 1) -> tuple[DockerStep, ...]:
@@ -155,7 +158,7 @@ def parse_dockerfile(text: str, source: str) -> ParsedDockerfile:
         raise SpecError(str(exc), source=source, line=frm.line, field="FROM") from None
     defaults = _global_arg_defaults(commands[: froms[0]])
     steps = tuple(_inherit_defaults(step, defaults) for step in commands[froms[0] + 1 :])
-    return ParsedDockerfile(base, platform, steps)
+    return ParsedDockerfile(base, platform, steps, source, frm.line)
 
 
 def _global_arg_defaults(before_from: tuple[DockerStep, ...]) -> dict[str, str]:
@@ -228,6 +231,7 @@ def _parse(text: str, source: str, first_line: int) -> tuple[DockerStep, ...]:
                 heredocs=tuple((h.name, h.content) for h in cmd.heredocs),
                 line=line,
                 original=cmd.original,
+                source=source,
             )
         )
     return tuple(steps)

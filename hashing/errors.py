@@ -1,16 +1,35 @@
-"""Errors of the hashing layer.
+"""Errors of the hashing layer, and the kinds every envctl error is one of.
 
     EnvctlError                 root of every envctl error (each layer adds its own subtree)
     └── SpecError               an environment definition is invalid: names file, line and field
 
-A SpecError is always the user's to fix: the CLI maps it to exit code 2, the API to 422.
+Each error class carries one `Kind`; everything a caller sees is derived from it by one table
+(`api.errors.OUTCOMES`): the HTTP status, the error body's `kind`, the CLI's exit code, whether
+a client or the builder tries again, and what a failed build records. A SpecError is always
+the user's to fix: invalid, so the CLI exits 2 and the API answers 422.
 """
 
 from __future__ import annotations
 
+from enum import StrEnum
+from typing import ClassVar
+
+
+class Kind(StrEnum):
+    """What an error means to whoever gets it."""
+
+    INVALID = "invalid"  # the caller's input is wrong: fix it, do not retry
+    NOT_FOUND = "not_found"  # no such thing (or not the caller's)
+    UNAUTHORIZED = "unauthorized"  # no live credential
+    UNAVAILABLE = "unavailable"  # a service envctl needs is down or busy: later may work
+    FAILED = "failed"  # the operation failed, and would again with the same inputs
+    CONFLICT = "conflict"  # it clashes with what exists (a name taken)
+
 
 class EnvctlError(Exception):
     """Root of every error envctl raises on purpose."""
+
+    kind: ClassVar[Kind] = Kind.FAILED
 
 
 class SpecError(EnvctlError):
@@ -19,6 +38,8 @@ class SpecError(EnvctlError):
     `source` is the file (or API field) the problem is in, `line` its 1-based line if known,
     `field` the path of the offending value (`conda.dependencies[3]`), `message` what is wrong.
     """
+
+    kind = Kind.INVALID
 
     def __init__(
         self,

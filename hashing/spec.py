@@ -71,6 +71,10 @@ class EnvironmentSpec:
     platform: str = DEFAULT_PLATFORM
     context: ContextManifest | None = None
     source: str | None = field(default=None, compare=False)
+    # where the base image was named: (file, line, field); for errors about it
+    base_origin: tuple[str | None, int | None, str] = field(
+        default=(None, None, "base_image"), compare=False
+    )
 
     def with_base_image(self, image: ImageName) -> EnvironmentSpec:
         """This spec on another base image (typically the same one, pinned to its digest)."""
@@ -128,6 +132,8 @@ class SpecDraft:
     format: SpecFormat
     source: str
     base_image: ImageName | None
+    base_line: int | None = None
+    base_field: str = "base_image"
     platform: str = DEFAULT_PLATFORM
     variables: tuple[tuple[str, str], ...] = ()
     docker_steps: tuple[DockerStep, ...] = ()
@@ -220,13 +226,16 @@ def complete_spec(
 ) -> EnvironmentSpec:
     """Join a draft with the content of the files it names into an EnvironmentSpec."""
     base = draft.base_image
+    origin: tuple[str | None, int | None, str] = (draft.source, draft.base_line, draft.base_field)
     platform = draft.platform
     steps = draft.docker_steps
     if dockerfile is not None:
         base = dockerfile.base_image
+        origin = (dockerfile.source, dockerfile.from_line, "FROM")
         platform = dockerfile.platform or platform
         steps = dockerfile.steps + steps
-    base = base or default_base
+    if base is None:
+        base, origin = default_base, (draft.source, None, "base_image")
     if base is None:
         raise SpecError(
             "no base image: pass --base-image or set ENVCTL_BASE_IMAGE", source=draft.source
@@ -247,6 +256,7 @@ def complete_spec(
         platform=platform,
         context=context,
         source=draft.source,
+        base_origin=origin,
     )
 
 
@@ -269,6 +279,7 @@ def _envctl_draft(doc: YamlDocument) -> SpecDraft:
         "envctl",
         doc.source,
         _image(doc, ("base_image",), model.base_image),
+        doc.line_of(("base_image",)),
         platform=_platform(doc, ("platform",), model.platform),
         variables=tuple(sorted(variables.items())),
         docker_steps=steps,
@@ -297,6 +308,8 @@ def _azureml_draft(doc: YamlDocument) -> SpecDraft:
         "azureml",
         doc.source,
         None if model.image is None else _image(doc, ("image",), model.image),
+        doc.line_of(("image",)),
+        "image",
         platform=platform,
         variables=tuple(sorted(variables.items())),
         conda=conda,

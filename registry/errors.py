@@ -13,7 +13,7 @@ Errors are never misses: a registry that is down raises RegistryUnavailable, it 
 
 from __future__ import annotations
 
-from hashing.errors import EnvctlError
+from hashing.errors import EnvctlError, Kind
 
 
 class RegistryError(EnvctlError):
@@ -33,14 +33,21 @@ class RegistryError(EnvctlError):
 class RegistryUnavailable(RegistryError):
     """The registry could not be reached, timed out, or failed on its side (5xx)."""
 
+    kind = Kind.UNAVAILABLE
+
 
 class RegistryAuthError(RegistryError):
-    """The registry refused the credentials (or their absence)."""
+    """The registry refused the credentials (or their absence): the operator's to fix;
+    trying again only locks the account."""
 
 
 class ImageNotFound(RegistryError):
     """The registry says the repository or tag does not exist."""
 
+    kind = Kind.NOT_FOUND
+
 
 class BaseImageNotFound(ImageNotFound):
     """The base image a spec names does not exist: the spec is wrong, not the registry."""
+
+    kind = Kind.INVALID

@@ -39,6 +39,11 @@ class Services:
         """`127.0.0.1:PORT` of the global registry."""
         return self.global_registry.split("/", 1)[0]
 
+    @property
+    def base_registry(self) -> str:
+        """`HOST:PORT/NAMESPACE` the test base images live in (a server must allow it)."""
+        return self.base_image.rsplit("/", 1)[0]
+
 
 def copy_with_fixed_modes(source: Path, target: Path) -> Path:
     """Copy a fixture tree with modes 0755 (dirs, *.sh) and 0644 (files).

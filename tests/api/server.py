@@ -184,6 +184,7 @@ class Deployment:
             "ENVCTL_GLOBAL_REGISTRY": self.global_registry,
             "ENVCTL_CHANNELS": services.channels,
             "ENVCTL_BUILD_NETWORK": "none",
+            "ENVCTL_ALLOWED_BASE_REGISTRIES": services.base_registry,
             "DOCKER_HOST": services.docker_host,
             "XDG_CONFIG_HOME": str(root / "config"),  # no user config file
             **_loopback_only(),
