@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from api.errors import Conflict
 from api.records import Workspace
 from api.settings import Settings
 from api.store import BuildStore, WorkspaceExists
@@ -41,7 +42,7 @@ def add_workspace(
     try:
         workspace = store.add_workspace(name, address)
     except WorkspaceExists:
-        raise SpecError(f"workspace {name!r} already exists", source="NAME") from None
+        raise Conflict(f"workspace {name!r} already exists") from None
     _, secret = store.add_token(name)
     return workspace, secret
 

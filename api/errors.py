@@ -5,6 +5,7 @@
         ├── Unauthorized         no token, or not a live one                     unauthorized
         ├── NotFound             no such workspace, build or environment, or     not_found
         │                        not the caller's (never reveal another exists)
+        ├── Conflict             a name is taken                                 conflict
         ├── BodyTooLarge         the request body is over the limit (413)        invalid
         ├── QueueFull            the workspace has too many builds queued (429)  unavailable
         ├── ServiceUnavailable   the server could not be reached (client side)   unavailable
@@ -47,7 +48,7 @@ OUTCOMES: dict[Kind, Outcome] = {
     Kind.INVALID: Outcome(422, EXIT_INVALID, retry=False),
     Kind.UNAUTHORIZED: Outcome(401, EXIT_INVALID, retry=False),  # the token: the user's to fix
     Kind.NOT_FOUND: Outcome(404, EXIT_FAILED, retry=False),
-    Kind.CONFLICT: Outcome(409, EXIT_FAILED, retry=False),
+    Kind.CONFLICT: Outcome(409, EXIT_INVALID, retry=False),  # a name taken: choose another
     Kind.FAILED: Outcome(500, EXIT_FAILED, retry=False),
     # a dependency the server reports down: the client says so at once (exit 3); only a
     # server that cannot be reached at all (restarting) is asked again
@@ -80,6 +81,13 @@ class NotFound(ServiceError):
 
     kind = Kind.NOT_FOUND
     code = "not_found"
+
+
+class Conflict(ServiceError):
+    """What the request would create exists already (a workspace name is taken)."""
+
+    kind = Kind.CONFLICT
+    code = "conflict"
 
 
 class BodyTooLarge(ServiceError):

@@ -4,8 +4,9 @@
 two apart. The service is the same one `envctl serve` runs, on the same kind of database
 (SQLite in ENVCTL_HOME by default), so builds, logs and the one-build-per-key rule are shared
 with every other envctl process and server on that database. The one difference: this process
-runs only the builds it asks for (in a thread of its own, while it follows the log), never the
-queue of others, because it exits as soon as it has its answer.
+runs only the builds it waits for (in a thread of its own, while it follows the log), never the
+queue of others, because it exits as soon as it has its answer. A build it waits for that goes
+back to the queue (the process running it died) is run here too.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 from api.client import OnLog, image_after
 from api.errors import NotFound
 from api.models import BuildView, HashView, ImageView, LogEventView
-from api.records import LogLine, Workspace
+from api.records import BuildRecord, LogLine, Workspace
 from api.request import ResolveRequest
 from api.service import EnvironmentService, ServiceLimits
 from api.settings import Settings
@@ -41,9 +42,11 @@ class LocalEnvironments:
             store,
             limits=ServiceLimits(workers=0, max_running=1 << 16, max_queued=1 << 16),
             workspaces={own.name: own},
+            policed=False,
         )
         self._service.start()
         self._threads: list[threading.Thread] = []
+        self._runs: dict[str, threading.Thread] = {}  # the last run started here, by build
 
     def __enter__(self) -> LocalEnvironments:
         return self
@@ -82,24 +85,39 @@ class LocalEnvironments:
             return ImageView.model_validate(resolved.hit.as_json())
         if resolved.build is None:
             raise NotFound(f"no image for {resolved.key} in any registry")
-        record = resolved.build
-        if record.status == "queued":
-            thread = threading.Thread(
-                target=self._service.workers.run_queued,
-                args=(record.id,),
-                name=f"build-{record.id}",
-            )
-            thread.start()
-            self._threads.append(thread)
-        if wait > 0:
-            record = self._service.wait(self.workspace, record.id, wait)
+        record = self._wait(resolved.build, wait)
         view = BuildView.of(record, self._service.position(record))
         return view.image_view() if record.status == "succeeded" else view
 
     def build(self, build_id: str, *, wait: float = 0) -> BuildView:
         """A build's status (waiting up to `wait` seconds for its end)."""
-        record = self._service.wait(self.workspace, build_id, wait)
+        record = self._wait(self._service.build(self.workspace, build_id), wait)
         return BuildView.of(record, self._service.position(record))
+
+    def _wait(self, record: BuildRecord, wait: float) -> BuildRecord:
+        """The build after up to `wait` seconds, run here whenever it is queued."""
+        deadline = time.monotonic() + wait
+        while True:
+            self._run_if_queued(record)
+            remaining = deadline - time.monotonic()
+            if record.done or remaining <= 0:
+                return record
+            poll = min(remaining, self._service.limits.poll_seconds)
+            record = self._service.wait(self.workspace, record.id, poll)
+
+    def _run_if_queued(self, record: BuildRecord) -> None:
+        """Run a queued build this process waits for in a thread of its own: nobody else may
+        (no server, or the embedded process that started it died). Claiming is atomic: of the
+        waiters that try, one runs it."""
+        running = self._runs.get(record.id)
+        if record.status != "queued" or (running is not None and running.is_alive()):
+            return
+        thread = threading.Thread(
+            target=self._service.workers.run_queued, args=(record.id,), name=f"build-{record.id}"
+        )
+        thread.start()
+        self._threads.append(thread)
+        self._runs[record.id] = thread
 
     def environment(self, key: str) -> dict[str, Any]:
         """The metadata stored with an environment's image."""
@@ -118,6 +136,7 @@ class LocalEnvironments:
             yield from (_view(line) for line in lines)
             after = lines[-1].seq if lines else after
             record = service.build(self.workspace, build_id)
+            self._run_if_queued(record)
             if record.done:
                 yield from (_view(line) for line in service.store.read_log(build_id, after))
                 yield BuildView.of(record)

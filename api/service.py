@@ -16,6 +16,7 @@ The HTTP app (`api.app`) and the embedded CLI both call this class.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import os
@@ -28,8 +29,9 @@ from typing import Any, TypeVar
 
 import xxhash
 from anyio import to_thread
+from sqlalchemy.exc import SQLAlchemyError
 
-from api.errors import NotFound, QueueFull
+from api.errors import NotFound, QueueFull, kind_of
 from api.loghub import LogHub
 from api.metrics import ServiceMetrics
 from api.policy import Prefix, SourcePolicy
@@ -41,6 +43,7 @@ from api.tenants import Memo, Tenants
 from api.workers import Workers
 from builder.docker import DockerBuilder
 from hashing import EnvironmentSpec, EnvKey, compute_key, parse_image_at
+from hashing.errors import Kind
 from registry import DigestResolver
 from registry.base import ImageRef
 from registry.metadata import EnvMetadata
@@ -49,6 +52,7 @@ log = logging.getLogger("envctl.service")
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 SPEC_MEMO = 4096  # specs remembered by request content (a few KB each)
 POLICY_TTL = 5.0  # seconds a workspace's source policy (the other workspaces) is trusted
+OUTAGE_GRACE = 60.0  # seconds a waiting caller's database reads ride out an outage
 RETRY_AFTER = 30  # seconds a client told "queue full" waits before asking again
 T = TypeVar("T")
 
@@ -85,11 +89,15 @@ class EnvironmentService:
         hub: LogHub | None = None,
         metrics: ServiceMetrics | None = None,
         workspaces: Mapping[str, Workspace] | None = None,
+        policed: bool = True,
     ) -> None:
         """`workspaces`, when given, are the only ones served, whatever the database holds
-        (the embedded CLI's single workspace, configured by its settings)."""
+        (the embedded CLI's single workspace, configured by its settings). `policed=False`
+        trusts every spec (the embedded CLI: its user reads what the host's user may anyway);
+        a server checks each workspace's specs against its source policy."""
         self.settings = settings
         self.store = store
+        self.policed = policed
         self.limits = limits or ServiceLimits(
             workers=settings.workers,
             max_running=settings.max_running,
@@ -142,7 +150,7 @@ class EnvironmentService:
         With a workspace, the spec must pass its source policy before anything is fetched
         (SpecError otherwise); without one (the embedded CLI, an admin) it is trusted."""
         spec = self.read_spec(request)
-        if workspace is not None:
+        if workspace is not None and self.policed:
             self.policy(workspace).check(spec)
         return spec.with_base_image(self.digests.resolve(spec.base_image))
 
@@ -286,11 +294,12 @@ class EnvironmentService:
             self.hub.wait_finished(build_id, min(self.limits.poll_seconds, remaining))
 
     async def wait_async(self, workspace: str, build_id: str, timeout: float) -> BuildRecord:
-        """`wait` for the event loop: no thread is held while waiting."""
+        """`wait` for the event loop: no thread is held while waiting, and a database outage
+        shorter than OUTAGE_GRACE is waited out (the client is waiting anyway)."""
         deadline = time.monotonic() + timeout
         while True:
             event = self.hub.event(build_id, done=True)
-            record = await run_blocking(self.build, workspace, build_id)
+            record = await self._patiently(self.build, workspace, build_id)
             remaining = deadline - time.monotonic()
             if record.done or remaining <= 0:
                 return record
@@ -301,16 +310,17 @@ class EnvironmentService:
     ) -> AsyncIterator[LogLine | BuildRecord]:
         """The build's log lines after `after`, live while it runs, then its final record
         (not `live`: the lines so far, then the record as it is). The caller checks first that
-        the build is the workspace's: a generator's first step runs only once it streams."""
+        the build is the workspace's: a generator's first step runs only once it streams.
+        A database outage shorter than OUTAGE_GRACE is waited out: the stream stays open."""
         while True:
             event = self.hub.event(build_id)
             lines = self.hub.lines_after(build_id, after)
             if lines is None:  # not running here: the database has it
-                lines = await run_blocking(self.store.read_log, build_id, after)
+                lines = await self._patiently(self.store.read_log, build_id, after)
                 if not lines:
-                    record = await run_blocking(self.build, workspace, build_id)
+                    record = await self._patiently(self.build, workspace, build_id)
                     if record.done:
-                        for line in await run_blocking(self.store.read_log, build_id, after):
+                        for line in await self._patiently(self.store.read_log, build_id, after):
                             yield line
                         yield record
                         return
@@ -318,10 +328,25 @@ class EnvironmentService:
                 yield line
                 after = line.seq
             if not live:
-                yield await run_blocking(self.build, workspace, build_id)
+                yield await self._patiently(self.build, workspace, build_id)
                 return
             if not lines:
                 await self.hub.sleep(event, self.limits.poll_seconds)
+
+    async def _patiently(self, function: Callable[..., T], *args: Any) -> T:
+        """A database call for a caller who waits anyway (a log stream, `?wait=`): an outage
+        is retried for up to OUTAGE_GRACE seconds before its error is raised."""
+        give_up: float | None = None
+        while True:
+            try:
+                return await run_blocking(function, *args)
+            except SQLAlchemyError as exc:
+                now = time.monotonic()
+                give_up = give_up or now + OUTAGE_GRACE
+                if kind_of(exc) is not Kind.UNAVAILABLE or now > give_up:
+                    raise
+                log.warning("the database is away (%s); waiting", type(exc).__name__)
+            await asyncio.sleep(self.limits.poll_seconds)  # backoff while the database is away
 
     def readiness(self) -> dict[str, str]:
         """Each dependency: "ok", or why it is not."""

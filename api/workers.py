@@ -14,8 +14,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from api.records import BuildRecord, LogLine
 from api.request import ResolveRequest
+from builder.errors import disk_error
 from hashing import (
     EnvctlError,
     EnvironmentSpec,
@@ -118,6 +121,15 @@ class Workers:
             self._svc.metrics.builds.labels("succeeded").inc()
         except EnvctlError as exc:
             self._failed(record, exc)
+        except SQLAlchemyError as exc:
+            # the database went away under the build (its log, its outcome): nothing can be
+            # recorded, and nothing should be, since the build itself did not fail. Its lease
+            # runs out and whoever sees that, this process included, queues it again; the next
+            # run finds the image if this one pushed it.
+            log.warning("build %s: the database failed under it (%s); it will run again",
+                        record.id, exc)  # fmt: skip
+        except OSError as exc:
+            self._failed(record, disk_error(exc))
         except Exception as exc:  # a bug must not kill the worker or leave the build running
             log.exception("build %s crashed", record.id)
             self._failed(record, exc)
@@ -169,21 +181,25 @@ class Workers:
                 log.exception("renewing leases failed; trying again")
 
     def _recover(self) -> int:
-        """Put back in the queue the running builds whose process is gone; how many."""
+        """Put back in the queue the running builds nobody runs any more: those whose process
+        is gone, and those whose lease ran out, this process's own included (a build whose
+        outcome could not be recorded, say while the database was away, is still `running`
+        in the database but no longer here); how many."""
         now = datetime.now(UTC)
         host = socket.gethostname()
         requeued = 0
         for record in self._svc.store.running():
-            if record.owner == self._svc.owner:
-                continue
+            if record.id in self._running:
+                continue  # running here: its lease is renewed
             expired = record.lease_until is None or record.lease_until < now
-            dead = dead_here(record.owner, host)
+            dead = record.owner != self._svc.owner and dead_here(record.owner, host)
             # a lease that only looked expired may have been renewed since: requeue it only if
             # it still is; a dead process's build is requeued at once
             if (expired or dead) and self._svc.store.requeue(
                 record.id, record.owner, expired_only=not dead
             ):
-                self._log(record.id, "queue", f"{record.owner} is gone: build queued again")
+                why = f"{record.owner} is gone" if dead else f"the lease of {record.owner} ran out"
+                self._log(record.id, "queue", f"{why}: build queued again")
                 requeued += 1
         return requeued
 

@@ -6,7 +6,8 @@
         ├── StepFailed         deterministic: an install step or a docker step failed
         ├── BuildTimeout       the build ran longer than its limit (not remembered: load-dependent)
         ├── EngineUnavailable  transient: the Docker engine could not be reached
-        └── ChannelUnavailable transient: a conda channel could not be reached
+        ├── ChannelUnavailable transient: a conda channel could not be reached
+        └── DiskFull           transient: envctl's own disk (ENVCTL_HOME) is full
 
 A deterministic failure is remembered per key and returned at once to the next caller (until
 `--force-rebuild`); a transient one (kind unavailable) is retried with backoff and never
@@ -14,6 +15,8 @@ remembered; a timeout is neither.
 """
 
 from __future__ import annotations
+
+import errno
 
 from hashing.errors import EnvctlError, Kind
 
@@ -62,3 +65,19 @@ class ChannelUnavailable(BuildError):
     """A conda channel could not be reached (transient: retried, never remembered)."""
 
     kind = Kind.UNAVAILABLE
+
+
+class DiskFull(BuildError):
+    """envctl's own disk (ENVCTL_HOME: the package cache, build folders) is full: an operator
+    must free space; the same build may succeed then."""
+
+    kind = Kind.UNAVAILABLE
+
+
+def disk_error(exc: OSError) -> Exception:
+    """A full disk as DiskFull (without the path, which is the host's); any other OSError as
+    it is."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFull("envctl's disk is full (no space left in ENVCTL_HOME); an operator "
+                        "must free space")  # fmt: skip
+    return exc

@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
 
 import httpx
 import pytest
@@ -31,6 +28,7 @@ from registry.oci import OciRegistry
 from tests.builder.engines import ThrowawayEngine, throwaway_engine
 from tests.conftest import Services, docker
 from tests.registry.servers import free_port
+from tests.streams import Lines
 
 ENVCTL = str(Path(sys.executable).parent / "envctl")
 EXIT_UNAVAILABLE = 3  # api.cli: a required service unreachable
@@ -180,42 +178,6 @@ def test_a_registry_gone_at_push_leaves_no_tag_and_the_next_resolve_builds(
         workspace.close()
 
 
-class _Lines:
-    """A stream's lines, read on a thread of their own so the test can wait for one with a
-    deadline (iterating the stream itself would block without one)."""
-
-    def __init__(self, stream: IO[str]) -> None:
-        self._lines: list[str] = []
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
-        self._thread.start()
-
-    def _read(self, stream: IO[str]) -> None:
-        for line in stream:
-            self._lines.append(line)
-            self._queue.put(line)
-        self._queue.put(None)  # end of stream
-
-    def wait_for(self, text: str, timeout: float) -> bool:
-        """Whether a line equal to `text` (stripped) arrives within `timeout` seconds."""
-        deadline = time.monotonic() + timeout
-        while (remaining := deadline - time.monotonic()) > 0:
-            try:
-                line = self._queue.get(timeout=remaining)
-            except queue.Empty:
-                return False
-            if line is None:
-                return False
-            if line.strip() == text:
-                return True
-        return False
-
-    def text(self) -> str:
-        """Everything read, once the stream has ended (10 s at most)."""
-        self._thread.join(timeout=10)
-        return "".join(self._lines)
-
-
 def test_an_engine_killed_mid_build_exits_3_leaves_no_tag_and_the_next_resolve_builds(
     services: Services, engine: ThrowawayEngine, tmp_path: Path
 ) -> None:
@@ -243,7 +205,7 @@ def test_an_engine_killed_mid_build_exits_3_leaves_no_tag_and_the_next_resolve_b
     )
     try:
         assert process.stderr is not None
-        stderr = _Lines(process.stderr)
+        stderr = Lines(process.stderr)
         running = stderr.wait_for(STEP_RUNNING, timeout=40)
         if running:
             engine.kill()  # dockerd, its containerd, the shim and the step's container
