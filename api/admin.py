@@ -17,7 +17,7 @@ from api.errors import Conflict
 from api.records import Workspace
 from api.settings import Settings
 from api.store import BuildStore, WorkspaceExists
-from hashing import SpecError
+from hashing import SpecError, goparse
 from registry.open import open_registry
 
 WORKSPACE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
@@ -80,6 +80,7 @@ def serve_command(
 
     from api.app import create_app
 
+    goparse.isolate()  # a server parses hostile Dockerfiles: never in its own memory
     app = create_app(_settings(ctx))
     uvicorn.run(
         app,

@@ -174,7 +174,7 @@ def create_app(
     async def hash_spec(body: ResolveRequest, token: CallerToken) -> HashView:
         """The key of a spec, and the canonical inputs it is the hash of. A workspace token's
         spec must pass that workspace's source policy, as it would to resolve."""
-        spec = await run_blocking(svc.spec, body, token.workspace)
+        spec = await svc.blocking(token.workspace, svc.spec, body, token.workspace)
         return HashView(
             key=compute_key(spec), pinned=spec.base_image.pinned, inputs=canonical_inputs(spec)
         )
@@ -199,8 +199,9 @@ def create_app(
         reach(token, workspace)
         resolved = None if force_rebuild else svc.answer_from_memory(workspace, body)
         if resolved is None:  # it needs the registries or the database: off the loop
-            resolved = await run_blocking(
-                lambda: svc.resolve(workspace, body, build=build, force_rebuild=force_rebuild)
+            resolved = await svc.blocking(
+                workspace,
+                lambda: svc.resolve(workspace, body, build=build, force_rebuild=force_rebuild),
             )
         if resolved.hit is not None:  # the hot path: the answer's bytes, without a model
             return Response(json.dumps(resolved.hit.as_json()), media_type="application/json")
@@ -254,7 +255,7 @@ def create_app(
     ) -> dict[str, Any]:
         """What is stored with an environment's image: spec, lock, Dockerfile, log, facts."""
         reach(token, workspace)
-        metadata = await run_blocking(svc.metadata, workspace, key)
+        metadata = await svc.blocking(workspace, svc.metadata, workspace, key)
         return metadata.as_json()
 
     return app

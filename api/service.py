@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import xxhash
-from anyio import to_thread
+from anyio import CapacityLimiter, to_thread
 from sqlalchemy.exc import SQLAlchemyError
 
 from api.errors import NotFound, QueueFull, kind_of
@@ -52,6 +52,7 @@ log = logging.getLogger("envctl.service")
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 SPEC_MEMO = 4096  # specs remembered by request content (a few KB each)
 POLICY_TTL = 5.0  # seconds a workspace's source policy (the other workspaces) is trusted
+WORKSPACE_THREADS = 4  # blocking calls (registries, tag resolution) of one workspace at once
 OUTAGE_GRACE = 60.0  # seconds a waiting caller's database reads ride out an outage
 RETRY_AFTER = 30  # seconds a client told "queue full" waits before asking again
 T = TypeVar("T")
@@ -122,6 +123,7 @@ class EnvironmentService:
         self._specs: Memo[EnvironmentSpec] = Memo(SPEC_MEMO)
         self._keys: Memo[tuple[str, EnvKey]] = Memo(SPEC_MEMO)  # (base digest, key)
         self._policies: dict[str, tuple[float, SourcePolicy]] = {}
+        self._limiters: dict[str, CapacityLimiter] = {}  # made on the event loop, used there
         self.workers = Workers(self)
         default = settings.default_base_image
         self._default_base = (
@@ -333,6 +335,16 @@ class EnvironmentService:
             if not lines:
                 await self.hub.sleep(event, self.limits.poll_seconds)
 
+    async def blocking(self, workspace: str | None, function: Callable[..., T], *args: Any) -> T:
+        """Run blocking work for `workspace` (reading its spec, its base image's tag, its
+        registries) on one of WORKSPACE_THREADS threads of its own: a workspace whose
+        registry hangs waits on its own threads, never on another workspace's."""
+        name = workspace if workspace is not None else ""  # admin tokens share one
+        limiter = self._limiters.get(name)
+        if limiter is None:
+            limiter = self._limiters.setdefault(name, CapacityLimiter(WORKSPACE_THREADS))
+        return await run_blocking(function, *args, limiter=limiter)
+
     async def _patiently(self, function: Callable[..., T], *args: Any) -> T:
         """A database call for a caller who waits anyway (a log stream, `?wait=`): an outage
         is retried for up to OUTAGE_GRACE seconds before its error is raised."""
@@ -377,6 +389,9 @@ def _fingerprint(request: ResolveRequest) -> str:
     return xxhash.xxh3_128_hexdigest(request.model_dump_json().encode())
 
 
-async def run_blocking(function: Callable[..., T], *args: Any) -> T:
-    """Run a blocking call (the database) on a worker thread, not on the event loop."""
-    return await to_thread.run_sync(functools.partial(function, *args))
+async def run_blocking(
+    function: Callable[..., T], *args: Any, limiter: CapacityLimiter | None = None
+) -> T:
+    """Run a blocking call (the database) on a worker thread, not on the event loop; with a
+    `limiter`, on one of its threads (see EnvironmentService.blocking)."""
+    return await to_thread.run_sync(functools.partial(function, *args), limiter=limiter)

@@ -100,7 +100,9 @@ class Workers:
         plan = record.request
         try:
             on_event = functools.partial(self._log, record.id)
-            on_event("queue", f"build {record.id} of {record.key} started by {self._svc.owner}")
+            on_event(
+                "queue", f"build {record.id} of {record.key} started by {_who(self._svc.owner)}"
+            )
             spec = self._planned_spec(record)
             ref = self._svc.tenants.get(record.workspace).resolver.resolve(
                 spec,
@@ -198,7 +200,8 @@ class Workers:
             if (expired or dead) and self._svc.store.requeue(
                 record.id, record.owner, expired_only=not dead
             ):
-                why = f"{record.owner} is gone" if dead else f"the lease of {record.owner} ran out"
+                who = _who(record.owner)
+                why = f"{who} is gone" if dead else f"the lease of {who} ran out"
                 self._log(record.id, "queue", f"{why}: build queued again")
                 requeued += 1
         return requeued
@@ -207,6 +210,12 @@ class Workers:
         thread = threading.Thread(target=target, name=name, daemon=True)
         thread.start()
         self._threads.append(thread)
+
+
+def _who(owner: str | None) -> str:
+    """A build's process as a workspace's log may name it: `server 1a2b3c4d`, never the
+    host's name or the process id (`host:pid:id` is the owner's record)."""
+    return f"server {(owner or '').rpartition(':')[2] or 'unknown'}"
 
 
 def dead_here(owner: str | None, host: str) -> bool:

@@ -17,6 +17,7 @@ _STEP = re.compile(r"^Step (\d+)/\d+ :")
 _RUNNING_IN = re.compile(r"^ ---> Running in ([0-9a-f]{12,64})$")
 # The classic builder wraps a RUN's stderr in colour codes (ESC[91m … ESC[0m); logs are plain text.
 _COLOUR = re.compile(r"\x1b\[[0-9;]*m")
+_MOUNTED = re.compile(r"^Mounted from \S+")
 
 
 class JsonLog:
@@ -76,7 +77,9 @@ class JsonLog:
             for line in lines:
                 self._emit(line.rstrip("\r"))
         if "status" in message and not message.get("progressDetail"):  # skip progress ticks
-            status = str(message["status"])
+            # `Mounted from <repository>`: the engine reused a blob of another repository of the
+            # registry, whose name is not this workspace's to see
+            status = _MOUNTED.sub("Mounted from another repository", str(message["status"]))
             self._emit(f"{message['id']}: {status}" if message.get("id") else status)
         if isinstance(aux := message.get("aux"), dict):
             self.image_id = aux.get("ID", self.image_id)

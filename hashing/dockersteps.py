@@ -15,10 +15,12 @@ from dataclasses import dataclass, field, replace
 from json import dumps as json_dumps
 from typing import Any
 
-import dockerfile
-
+from hashing import goparse
 from hashing.errors import SpecError
 from hashing.imageref import ImageName, InvalidReference, normalize_platform, parse_image
+
+MAX_STEPS = 1000  # instructions in one spec's docker steps or Dockerfile
+MAX_LINE = 1 << 16  # bytes: the Go parser's line buffer (a longer line reads as no line at all)
 
 _INSTRUCTIONS = frozenset(
     {
@@ -184,22 +186,39 @@ def _inherit_defaults(step: DockerStep, defaults: dict[str, str]) -> DockerStep:
 
 
 def _parse(text: str, source: str, first_line: int) -> tuple[DockerStep, ...]:
-    if not any(line.strip() and not line.lstrip().startswith("#") for line in text.splitlines()):
+    lines = text.splitlines()
+    if not any(line.strip() and not line.lstrip().startswith("#") for line in lines):
         return ()  # blank, or every step commented out: no steps (the parser calls it an error)
+    for n, physical in enumerate(lines):
+        if len(physical) > MAX_LINE // 4 and len(physical.encode()) >= MAX_LINE:
+            raise SpecError(
+                f"line is {len(physical.encode()):,} bytes long; Docker's parser reads lines of up "
+                f"to {MAX_LINE - 1:,} bytes (split it with a line continuation)",
+                source=source,
+                line=n + first_line,
+            )
     try:
-        commands = dockerfile.parse_string(text)
-    except dockerfile.GoParseError as exc:
+        commands = goparse.parse(text)
+    except goparse.ParseError as exc:
         line = _error_line(text, str(exc))
         raise SpecError(
             f"invalid Dockerfile instruction: {exc}",
             source=source,
             line=None if line is None else line + first_line - 1,
         ) from None
+    except goparse.ParseTimeout as exc:
+        raise SpecError(f"the Dockerfile could not be read: {exc}", source=source) from None
     except UnicodeDecodeError:
         # the Go parser splits flags byte by byte and can cut a multi-byte character in two
         raise SpecError(
             "an instruction's --flags must be ASCII", source=source, line=first_line
         ) from None
+    if len(commands) > MAX_STEPS:
+        raise SpecError(
+            f"{len(commands):,} instructions; envctl builds at most {MAX_STEPS:,}",
+            source=source,
+            line=commands[MAX_STEPS].start_line + first_line - 1,
+        )
     steps = []
     for cmd in commands:
         line = cmd.start_line + first_line - 1
@@ -238,15 +257,30 @@ def _parse(text: str, source: str, first_line: int) -> tuple[DockerStep, ...]:
 
 
 def _error_line(text: str, message: str) -> int | None:
-    """Find the line the Go parser failed on (it does not say): the shortest failing prefix."""
+    """Find the line the Go parser failed on (it does not say): the shortest prefix of lines
+    that fails with the same message, by bisection (a prefix that holds the bad line fails
+    with its message, one that does not, does not), so a few parses whatever the length."""
     lines = text.splitlines(keepends=True)
-    for end in range(1, len(lines) + 1):
+
+    def fails(end: int) -> bool:
         try:
-            dockerfile.parse_string("".join(lines[:end]))
-        except dockerfile.GoParseError as exc:
-            if str(exc) == message:
-                return end
-    return None
+            goparse.parse("".join(lines[:end]))
+        except goparse.ParseError as exc:
+            return str(exc) == message
+        except (goparse.ParseTimeout, UnicodeDecodeError):
+            return False
+        return False
+
+    low, high = 1, len(lines)  # the answer is in [low, high] when the whole text fails
+    if not fails(high):
+        return None
+    while low < high:
+        middle = (low + high) // 2
+        if fails(middle):
+            high = middle
+        else:
+            low = middle + 1
+    return low
 
 
 # ------------------------------------------------------------------- writing a step back as text

@@ -138,8 +138,16 @@ _PLATFORM = re.compile(r"^(?P<os>[a-z0-9_]+)/(?P<arch>[a-z0-9_-]+)(?:/(?P<varian
 DEFAULT_PLATFORM = "linux/amd64"
 
 
+# The platforms envctl builds images for: Linux on the architectures conda has packages for.
+PLATFORMS = (
+    "linux/amd64", "linux/arm64", "linux/ppc64le", "linux/s390x", "linux/386", "linux/arm/v7",
+    "linux/arm/v6", "linux/riscv64",
+)  # fmt: skip
+
+
 def normalize_platform(text: str) -> str:
-    """Normalize `os/arch[/variant]` as containerd does (`linux/x86_64` is `linux/amd64`)."""
+    """Normalize `os/arch[/variant]` as containerd does (`linux/x86_64` is `linux/amd64`);
+    InvalidReference unless it is one of the PLATFORMS envctl builds."""
     match = _PLATFORM.match(text.strip().lower())
     if match is None:
         raise InvalidReference(f"a platform is os/arch[/variant], like linux/amd64: {text!r}")
@@ -149,4 +157,9 @@ def normalize_platform(text: str) -> str:
         variant = None  # arm64 implies v8
     if arch == "arm" and variant is None:
         variant = "v7"
-    return f"{match.group('os')}/{arch}" + (f"/{variant}" if variant else "")
+    normal = f"{match.group('os')}/{arch}" + (f"/{variant}" if variant else "")
+    if normal not in PLATFORMS:
+        raise InvalidReference(
+            f"envctl does not build for {normal}: the platform is one of {', '.join(PLATFORMS)}"
+        )
+    return normal

@@ -252,7 +252,7 @@ var_name = st.from_regex(r"[A-Z_][A-Z0-9_]{0,5}", fullmatch=True)
 var_value = st.text("ab1 :#-'\"/=.,[{*&!", max_size=8)
 variables = st.dictionaries(var_name, var_value, max_size=3).map(lambda d: tuple(d.items()))
 PLATFORMS = ["linux/amd64", "linux/arm64", "linux/arm/v7", "linux/arm/v6", "linux/386"]
-PLATFORMS += ["linux/ppc64le", "linux/s390x", "windows/amd64", "linux/x86_64", "linux/aarch64"]
+PLATFORMS += ["linux/ppc64le", "linux/s390x", "linux/x86_64", "linux/aarch64"]
 sha = st.text("0123456789abcdef", min_size=64, max_size=64)
 bases = st.sampled_from(
     [

@@ -322,3 +322,28 @@ def test_a_global_arg_default_reaches_the_stage_as_docker_applies_it() -> None:
     assert one.steps[0].dockerfile_line() == "ARG V=1"
     written = parse_dockerfile(f"FROM busybox@{digest}\nARG V=1\nRUN echo $V\n", "D3")
     assert one.steps == written.steps
+
+
+@pytest.mark.parametrize("bad", [1, 2, 150, 299, 300])
+def test_the_bad_line_is_found_wherever_it_is(bad: int) -> None:
+    lines = [f"RUN echo {n}" for n in range(1, 301)]
+    lines[bad - 1] = "ENV a"
+    with pytest.raises(SpecError) as caught:
+        parse_steps("\n".join(lines) + "\n", "steps", first_line=10)
+    assert caught.value.line == bad + 9
+
+
+def test_the_parser_in_a_child_process_reads_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hashing import goparse
+
+    text = "RUN a\nCOPY --chmod=644 <<EOF /x\nhello\nEOF\nONBUILD RUN b\n"
+    here = parse_steps(text, "steps")
+    pool = goparse._Pool()
+    monkeypatch.setattr(goparse, "_pool", pool)
+    try:
+        assert parse_steps(text, "steps") == here
+        with pytest.raises(SpecError) as caught:
+            parse_steps("RUN a\nENV a\n", "steps")
+        assert caught.value.line == 2
+    finally:
+        pool.close()

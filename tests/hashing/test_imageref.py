@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import pytest
 
+from hashing.errors import SpecError
 from hashing.imageref import InvalidReference, normalize_platform, parse_image
+from hashing.spec import parse_spec_text
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -80,3 +82,14 @@ def test_platforms_normalize_like_containerd(text: str, expected: str) -> None:
 def test_a_platform_needs_os_and_arch() -> None:
     with pytest.raises(InvalidReference, match="os/arch"):
         normalize_platform("linux")
+
+
+@pytest.mark.parametrize(
+    "platform", ["linux/bogus", "windows/amd64", "linux/mips64", "darwin/arm64"]
+)
+def test_a_platform_envctl_cannot_build_is_refused_where_it_is_written(platform: str) -> None:
+    with pytest.raises(InvalidReference, match="does not build for"):
+        normalize_platform(platform)
+    with pytest.raises(SpecError) as caught:
+        parse_spec_text(f"base_image: busybox\nplatform: {platform}\n", "env.yml")
+    assert (caught.value.line, caught.value.field) == (2, "platform")
