@@ -55,7 +55,7 @@ TOKEN_CACHE_SIZE = 10_000
 BODY_LIMIT = 64 << 20  # bytes: a spec with its whole build context, base64
 MAX_WAIT = 3600.0
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorView} for status in (401, 404, 413, 422, 429, 503)
+    status: {"model": ErrorView} for status in (400, 401, 404, 413, 422, 429, 503)
 }
 
 
@@ -236,7 +236,7 @@ def create_app(
         workspace: WorkspaceName,
         build_id: str,
         token: CallerToken,
-        last_event_id: Annotated[int | None, Header(ge=0)] = None,
+        last_event_id: Annotated[int, Header(ge=0, le=2**62)] = 0,
         follow: bool = True,
     ) -> EventSourceResponse:
         """The build's log as Server-Sent Events (`log`, then one `end` with the build),
@@ -244,7 +244,7 @@ def create_app(
         is); send `Last-Event-ID` to resume after a dropped connection."""
         reach(token, workspace)
         await run_blocking(svc.build, workspace, build_id)  # 404 now, not inside the stream
-        stream = svc.follow(workspace, build_id, last_event_id or 0, live=follow)
+        stream = svc.follow(workspace, build_id, last_event_id, live=follow)
         return EventSourceResponse(_events(stream), ping=15)
 
     @app.get("/v1/workspaces/{workspace}/environments/{key}", tags=["environments"])

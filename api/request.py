@@ -27,7 +27,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import xxhash
 from pydantic import BaseModel, ConfigDict, Field
@@ -73,7 +73,7 @@ class ResolveRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    spec: str | dict[str, Any]
+    spec: Annotated[str, Field(min_length=1)] | dict[str, Any]
     name: str = "spec.yml"  # the spec file's name, for errors
     format: SpecFormat | None = None
     files: list[SpecFile] = Field(default_factory=list)

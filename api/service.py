@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 import xxhash
 from anyio import CapacityLimiter, to_thread
+from pydantic_core import PydanticSerializationError
 from sqlalchemy.exc import SQLAlchemyError
 
 from api.errors import NotFound, QueueFull, kind_of
@@ -42,7 +43,7 @@ from api.store import BuildStore, QueueLimit
 from api.tenants import Memo, Tenants
 from api.workers import Workers
 from builder.docker import DockerBuilder
-from hashing import EnvironmentSpec, EnvKey, compute_key, parse_image_at
+from hashing import EnvironmentSpec, EnvKey, SpecError, compute_key, parse_image_at
 from hashing.errors import Kind
 from registry import DigestResolver
 from registry.base import ImageRef
@@ -385,8 +386,14 @@ class EnvironmentService:
 
 
 def _fingerprint(request: ResolveRequest) -> str:
-    """What identifies a request's content (a spec read from it is the same spec)."""
-    return xxhash.xxh3_128_hexdigest(request.model_dump_json().encode())
+    """What identifies a request's content (a spec read from it is the same spec); SpecError
+    for a request that JSON cannot hold again (a lone surrogate, nesting too deep)."""
+    try:
+        text = request.model_dump_json()
+    except PydanticSerializationError as exc:
+        why = "nested too deep" if "depth" in str(exc) else "not valid Unicode (a lone surrogate)"
+        raise SpecError(f"the request is {why}", source="request") from None
+    return xxhash.xxh3_128_hexdigest(text.encode())
 
 
 async def run_blocking(
