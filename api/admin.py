@@ -177,7 +177,8 @@ def token_list(
 def token_revoke(
     ctx: typer.Context, token_id: Annotated[str, typer.Argument(help="The token's id.")]
 ) -> None:
-    """Revoke a token by id: it stops working at once."""
+    """Revoke a token by id: servers stop taking it within ENVCTL_TOKEN_TTL (1 s by default),
+    and end its open log streams."""
     store = BuildStore(_settings(ctx).database)
     try:
         revoked = store.revoke_token(token_id)

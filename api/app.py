@@ -142,7 +142,7 @@ def create_app(
         responses=_ERRORS,
     )
     app.state.service = svc
-    app.state.tokens = _TokenCache(settings.token_ttl)
+    tokens = app.state.tokens = _TokenCache(settings.token_ttl)
     app.add_middleware(_BodyLimit, limit=body_limit)
     _handle_errors(app)
     app.add_middleware(_CountRequests, metrics=svc.metrics)
@@ -233,6 +233,7 @@ def create_app(
         responses={200: {"content": {"text/event-stream": {}}}},
     )
     async def get_logs(
+        request: Request,
         workspace: WorkspaceName,
         build_id: str,
         token: CallerToken,
@@ -244,7 +245,15 @@ def create_app(
         is); send `Last-Event-ID` to resume after a dropped connection."""
         reach(token, workspace)
         await run_blocking(svc.build, workspace, build_id)  # 404 now, not inside the stream
-        stream = svc.follow(workspace, build_id, last_event_id, live=follow)
+        secret = request.headers["authorization"].partition(" ")[2].strip()  # _caller saw it
+
+        async def allowed() -> bool:  # a revoked token ends its streams too
+            try:
+                return await tokens.check(secret, svc.store.authenticate) is not None
+            except SQLAlchemyError:
+                return True  # the database is away: the stream waits for it (follow does)
+
+        stream = svc.follow(workspace, build_id, last_event_id, live=follow, allowed=allowed)
         return EventSourceResponse(_events(stream), ping=15)
 
     @app.get("/v1/workspaces/{workspace}/environments/{key}", tags=["environments"])

@@ -23,7 +23,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -309,13 +309,23 @@ class EnvironmentService:
             await self.hub.sleep(event, min(self.limits.poll_seconds, remaining))
 
     async def follow(
-        self, workspace: str, build_id: str, after: int = 0, *, live: bool = True
+        self,
+        workspace: str,
+        build_id: str,
+        after: int = 0,
+        *,
+        live: bool = True,
+        allowed: Callable[[], Awaitable[bool]] | None = None,
     ) -> AsyncIterator[LogLine | BuildRecord]:
         """The build's log lines after `after`, live while it runs, then its final record
         (not `live`: the lines so far, then the record as it is). The caller checks first that
         the build is the workspace's: a generator's first step runs only once it streams.
-        A database outage shorter than OUTAGE_GRACE is waited out: the stream stays open."""
+        A database outage shorter than OUTAGE_GRACE is waited out: the stream stays open.
+        `allowed` is asked before each read (about once a second): when it says no (the
+        caller's token was revoked), the stream ends without its `end` event."""
         while True:
+            if allowed is not None and not await allowed():
+                return
             event = self.hub.event(build_id)
             lines = self.hub.lines_after(build_id, after)
             if lines is None:  # not running here: the database has it

@@ -41,7 +41,8 @@ passed down. Environment variables win over the file.
     ENVCTL_MAX_QUEUED              queued builds per workspace before 429 (default 32)
     ENVCTL_TAG_TTL                 seconds a server trusts a base-image tag's digest (default 10)
     ENVCTL_TOKEN_TTL               seconds a server trusts a token it checked: a revocation
-                                   takes effect within this time (default 5)
+                                   takes effect within this time, open log streams included
+                                   (default 1)
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ class Settings:
     max_running: int = 2
     max_queued: int = 32
     tag_ttl: float = 10.0
-    token_ttl: float = 5.0
+    token_ttl: float = 1.0
 
     @property
     def database(self) -> str:
@@ -139,7 +140,7 @@ class Settings:
             max_running=_count(env, "ENVCTL_MAX_RUNNING", 2),
             max_queued=_count(env, "ENVCTL_MAX_QUEUED", 32),
             tag_ttl=_number(env, "ENVCTL_TAG_TTL", 10.0),
-            token_ttl=_number(env, "ENVCTL_TOKEN_TTL", 5.0),
+            token_ttl=_number(env, "ENVCTL_TOKEN_TTL", 1.0),
         )
 
 

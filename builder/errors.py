@@ -17,6 +17,8 @@ remembered; a timeout is neither.
 from __future__ import annotations
 
 import errno
+import os
+from pathlib import Path
 
 from hashing.errors import EnvctlError, Kind
 
@@ -81,3 +83,15 @@ def disk_error(exc: OSError) -> Exception:
         return DiskFull("envctl's disk is full (no space left in ENVCTL_HOME); an operator "
                         "must free space")  # fmt: skip
     return exc
+
+
+FULL_BYTES = 1 << 20  # free space under which a disk counts as full
+
+
+def disk_full(path: Path) -> bool:
+    """True when the filesystem holding `path` has (almost) no space left for envctl."""
+    try:
+        stat = os.statvfs(path)
+    except OSError:
+        return False
+    return stat.f_bavail * stat.f_frsize < FULL_BYTES

@@ -27,7 +27,7 @@ from builder.archive import import_archive
 from builder.conda import LockedPackage, install, solve
 from builder.context import copy_context
 from builder.docker import DockerBuilder, write_context
-from builder.errors import BuildError
+from builder.errors import BuildError, DiskFull, disk_full
 from builder.render import ENV_DIR, WHEELS_DIR, env_prefix, render
 from builder.resolve import OnEvent
 from hashing import EnvironmentSpec, EnvKey, canonical_json
@@ -120,6 +120,16 @@ class DockerImageBuilder:
             }
             self._workspace.put_metadata(key, _metadata(spec, key, locks, log, facts))
             return replace(hit, build_id=build_id)
+        except (BuildError, OSError) as exc:
+            # a full disk shows as whatever the tool that hit it says (rattler: "EOF while
+            # parsing a value"): said for what it is, and never remembered as the key's failure
+            if disk_full(self._config.home):
+                raise DiskFull(
+                    "envctl's disk is full (no space left in ENVCTL_HOME); an operator must "
+                    "free space",
+                    build_id=build_id,
+                ) from exc
+            raise
         finally:
             # the registry has the image, or nothing does: the engine's copy only takes disk
             if tag is not None:

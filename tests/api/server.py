@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import psycopg
@@ -253,6 +253,29 @@ class Deployment:
     def revoke(self, token_id: str) -> None:
         """`envctl token revoke ID`."""
         self.envctl("token", "revoke", token_id)
+
+
+def tenant_client(server: EnvctlServer, tenant: Tenant, timeout: float = 60.0) -> httpx.Client:
+    """An HTTP client of `server` with `tenant`'s token (no proxy from the environment)."""
+    return httpx.Client(
+        base_url=server.url, headers={"Authorization": f"Bearer {tenant.token}"},
+        timeout=timeout, trust_env=False,
+    )  # fmt: skip
+
+
+def build_outcome(
+    server: EnvctlServer, tenant: Tenant, build_id: str, *, seconds: float = 180.0
+) -> dict[str, Any]:
+    """The build's view once it is over (succeeded or failed), waited for with `?wait=`."""
+    with tenant_client(server, tenant) as http:
+
+        def over() -> dict[str, Any] | None:
+            answer = http.get(f"/v1/workspaces/{tenant.name}/builds/{build_id}", params={"wait": 5})
+            assert answer.status_code == 200, answer.text
+            body: dict[str, Any] = answer.json()
+            return body if body["status"] in ("succeeded", "failed") else None
+
+        return until(f"build {build_id}", over, seconds=seconds)
 
 
 def _secret(out: str) -> str:

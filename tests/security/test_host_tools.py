@@ -12,15 +12,12 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from tests.api.server import Deployment, EnvctlServer, Tenant, until
+from tests.api.server import Deployment, EnvctlServer, Tenant, build_outcome
 from tests.conftest import FIXTURES, Services
-
-BUILD_SECONDS = 180.0
 
 
 def _wheels(sources: Path, out: Path, *, version: str | None = None) -> Path:
@@ -59,21 +56,6 @@ def _resolve(server: EnvctlServer, tenant: Tenant, spec: str) -> httpx.Response:
     ) as http:  # fmt: skip
         body = {"spec": spec, "name": "env.yml"}
         return http.post(f"/v1/workspaces/{tenant.name}/resolve", json=body)
-
-
-def _done(server: EnvctlServer, tenant: Tenant, build_id: str) -> dict[str, Any]:
-    with httpx.Client(
-        base_url=server.url, headers={"Authorization": f"Bearer {tenant.token}"},
-        timeout=60.0, trust_env=False,
-    ) as http:  # fmt: skip
-
-        def over() -> dict[str, Any] | None:
-            answer = http.get(f"/v1/workspaces/{tenant.name}/builds/{build_id}", params={"wait": 5})
-            assert answer.status_code == 200, answer.text
-            body: dict[str, Any] = answer.json()
-            return body if body["status"] in ("succeeded", "failed") else None
-
-        return until(f"build {build_id}", over, seconds=BUILD_SECONDS)
 
 
 def _pip_spec(services: Services, pip: list[str]) -> str:
@@ -124,7 +106,7 @@ def test_a_specs_own_pip_sources_never_reach_the_hosts_pip(
     ])  # fmt: skip
     queued = _resolve(server, tenant, spec)
     assert queued.status_code == 202, queued.text
-    done = _done(server, tenant, queued.json()["build_id"])
+    done = build_outcome(server, tenant, queued.json()["build_id"])
     assert done["status"] == "succeeded", done
     with httpx.Client(
         base_url=server.url, headers={"Authorization": f"Bearer {tenant.token}"}, trust_env=False

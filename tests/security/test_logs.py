@@ -11,27 +11,17 @@ import socket
 import uuid
 from pathlib import Path
 
-import httpx
-
-from tests.api.server import Deployment, EnvctlServer, Tenant, until
+from tests.api.server import Deployment, EnvctlServer, Tenant, build_outcome, tenant_client
 from tests.conftest import Services
 
 
 def _build_log(server: EnvctlServer, tenant: Tenant, spec: str) -> str:
-    with httpx.Client(
-        base_url=server.url, headers={"Authorization": f"Bearer {tenant.token}"},
-        timeout=120.0, trust_env=False,
-    ) as http:  # fmt: skip
+    with tenant_client(server, tenant, timeout=120.0) as http:
         answer = http.post(f"/v1/workspaces/{tenant.name}/resolve",
                            json={"spec": spec, "name": "env.yml"})  # fmt: skip
         assert answer.status_code == 202, answer.text
         build_id = answer.json()["build_id"]
-
-        def over() -> str | None:
-            got = http.get(f"/v1/workspaces/{tenant.name}/builds/{build_id}", params={"wait": 5})
-            return got.json()["status"] if got.json()["status"] in ("succeeded", "failed") else None
-
-        assert until(f"build {build_id}", over, seconds=180) == "succeeded"
+        assert build_outcome(server, tenant, build_id)["status"] == "succeeded"
         logs = http.get(f"/v1/workspaces/{tenant.name}/builds/{build_id}/logs",
                         params={"follow": "false"})  # fmt: skip
         return "\n".join(

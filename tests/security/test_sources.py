@@ -15,10 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.api.server import Deployment, EnvctlServer, Tenant, until
+from tests.api.server import Deployment, EnvctlServer, Tenant, build_outcome
 from tests.conftest import Services
-
-BUILD_SECONDS = 180.0
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +33,7 @@ def two(
         spec = f"base_image: {services.busybox_image}\ndocker_steps: RUN echo s3cret > /secret\n"
         queued = _post(server, victim, f"/v1/workspaces/{victim.name}/resolve", spec)
         assert queued.status_code == 202, queued.text
-        done = _done(server, victim, queued.json()["build_id"])
+        done = build_outcome(server, victim, queued.json()["build_id"])
         assert done["status"] == "succeeded", done
         yield deployment, server, victim, attacker, done["image"]
 
@@ -46,21 +44,6 @@ def _post(server: EnvctlServer, tenant: Tenant, path: str, spec: str) -> httpx.R
         timeout=60.0, trust_env=False,
     ) as http:  # fmt: skip
         return http.post(path, json={"spec": spec, "name": "env.yml"})
-
-
-def _done(server: EnvctlServer, tenant: Tenant, build_id: str) -> dict[str, Any]:
-    with httpx.Client(
-        base_url=server.url, headers={"Authorization": f"Bearer {tenant.token}"},
-        timeout=60.0, trust_env=False,
-    ) as http:  # fmt: skip
-
-        def over() -> dict[str, Any] | None:
-            answer = http.get(f"/v1/workspaces/{tenant.name}/builds/{build_id}", params={"wait": 5})
-            assert answer.status_code == 200, answer.text
-            body: dict[str, Any] = answer.json()
-            return body if body["status"] in ("succeeded", "failed") else None
-
-        return until(f"build {build_id}", over, seconds=BUILD_SECONDS)
 
 
 def _refused(answer: httpx.Response, line: int | None, field: str) -> dict[str, Any]:
@@ -128,7 +111,7 @@ def test_the_workspaces_own_images_and_the_allowed_bases_still_build(
     spec = f"base_image: {own}\ndocker_steps: RUN cat /secret > /copy-{uuid.uuid4().hex}\n"
     queued = _post(server, victim, f"/v1/workspaces/{victim.name}/resolve", spec)
     assert queued.status_code == 202, queued.text
-    assert _done(server, victim, queued.json()["build_id"])["status"] == "succeeded"
+    assert build_outcome(server, victim, queued.json()["build_id"])["status"] == "succeeded"
     again = _post(server, attacker, f"/v1/workspaces/{attacker.name}/resolve", spec)
     _refused(again, 1, "base_image")
 
