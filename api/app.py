@@ -61,15 +61,20 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 async def _caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> Token:
     """The token a request carries; Unauthorized when there is none or it is not live."""
-    scheme, _, secret = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not secret:
-        raise Unauthorized("a bearer token is required (Authorization: Bearer TOKEN)")
     tokens: _TokenCache = request.app.state.tokens
     svc: EnvironmentService = request.app.state.service
-    token = await tokens.check(secret.strip(), svc.store.authenticate)
+    token = await tokens.check(_bearer(authorization), svc.store.authenticate)
     if token is None:
         raise Unauthorized("unknown or revoked token")
     return token
+
+
+def _bearer(authorization: str | None) -> str:
+    """The secret of an `Authorization: Bearer SECRET` header; Unauthorized without one."""
+    scheme, _, secret = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise Unauthorized("a bearer token is required (Authorization: Bearer TOKEN)")
+    return secret.strip()
 
 
 class _TokenCache:
@@ -245,7 +250,7 @@ def create_app(
         is); send `Last-Event-ID` to resume after a dropped connection."""
         reach(token, workspace)
         await run_blocking(svc.build, workspace, build_id)  # 404 now, not inside the stream
-        secret = request.headers["authorization"].partition(" ")[2].strip()  # _caller saw it
+        secret = _bearer(request.headers.get("authorization"))  # _caller checked it
 
         async def allowed() -> bool:  # a revoked token ends its streams too
             try:

@@ -28,6 +28,7 @@ from typing import ClassVar
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from builder.errors import DiskFull
 from hashing.errors import EnvctlError, Kind, SpecError
 from registry.errors import BaseImageNotFound, RegistryError
 
@@ -55,7 +56,6 @@ OUTCOMES: dict[Kind, Outcome] = {
     Kind.UNAVAILABLE: Outcome(503, EXIT_UNAVAILABLE, retry=False),
 }
 DATABASE_DOWN = "the build database is unavailable; try again shortly"
-DISK_FULL = "envctl's disk is full; an operator must free space in ENVCTL_HOME"
 
 
 class ServiceError(EnvctlError):
@@ -184,7 +184,7 @@ def public_message(exc: BaseException) -> str:
     if isinstance(exc, SQLAlchemyError):
         return DATABASE_DOWN
     if isinstance(exc, OSError) and not isinstance(exc, EnvctlError):
-        return DISK_FULL
+        return DiskFull.MESSAGE
     return str(exc)
 
 

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from api.settings import Settings
 from hashing import EnvironmentSpec, SpecError
 from hashing.dockersteps import DockerStep
 from hashing.imageref import ImageName, InvalidReference, parse_image
@@ -171,6 +172,18 @@ class SourcePolicy:
                 line=line,
                 field=field,
             )
+
+
+def shared_sources(settings: Settings, default_base: ImageName | None) -> tuple[Prefix, ...]:
+    """What every workspace may read besides its own namespace: the operator's allowed
+    registries, the global registry and the default base image's repository. The policy and
+    the credentials a build may pull with both come from this."""
+    shared = [Prefix.parse(r) for r in settings.allowed_base_registries]
+    if settings.global_registry and not settings.global_registry.startswith("oci:"):
+        shared.append(Prefix.parse(settings.global_registry))
+    if default_base is not None:
+        shared.append(Prefix(default_base.domain, default_base.repository))
+    return tuple(shared)
 
 
 def _image_flags(step: DockerStep) -> Iterator[tuple[str, str]]:

@@ -35,7 +35,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from api.errors import NotFound, QueueFull, kind_of
 from api.loghub import LogHub
 from api.metrics import ServiceMetrics
-from api.policy import Prefix, SourcePolicy
+from api.policy import Prefix, SourcePolicy, shared_sources
 from api.records import BuildRecord, LogLine, Workspace
 from api.request import ResolveRequest, spec_from_request
 from api.settings import Settings
@@ -120,16 +120,16 @@ class EnvironmentService:
             cpus=settings.build_cpus,
             network=settings.build_network,  # type: ignore[arg-type]
         )
-        self.tenants = Tenants(settings, store, self.engine, workspaces)
+        default = settings.default_base_image
+        self._default_base = (
+            None if default is None else parse_image_at(default, "ENVCTL_BASE_IMAGE")
+        )
+        self.tenants = Tenants(settings, store, self.engine, workspaces, self._default_base)
         self._specs: Memo[EnvironmentSpec] = Memo(SPEC_MEMO)
         self._keys: Memo[tuple[str, EnvKey]] = Memo(SPEC_MEMO)  # (base digest, key)
         self._policies: dict[str, tuple[float, SourcePolicy]] = {}
         self._limiters: dict[str, CapacityLimiter] = {}  # made on the event loop, used there
         self.workers = Workers(self)
-        default = settings.default_base_image
-        self._default_base = (
-            None if default is None else parse_image_at(default, "ENVCTL_BASE_IMAGE")
-        )
 
     # lifecycle
     def start(self) -> None:
@@ -167,11 +167,6 @@ class EnvironmentService:
             return cached[1]
         s = self.settings
         own = self.tenants.workspace(workspace).registry
-        allowed = [Prefix.parse(r) for r in s.allowed_base_registries]
-        if s.global_registry and not s.global_registry.startswith("oci:"):
-            allowed.append(Prefix.parse(s.global_registry))
-        if self._default_base is not None:
-            allowed.append(Prefix(self._default_base.domain, self._default_base.repository))
         # every other workspace's namespace, and the root they are made under (a namespace
         # there that is no workspace's now may be a deleted one's, or a future one's)
         others = [
@@ -184,7 +179,7 @@ class EnvironmentService:
         ]
         policy = SourcePolicy(
             own=() if own.startswith("oci:") else (Prefix.parse(own),),
-            allowed=tuple(allowed),
+            allowed=shared_sources(s, self._default_base),
             others=tuple(others),
             url_sources=s.allow_url_sources,
         )

@@ -11,13 +11,14 @@ from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
 from api.errors import NotFound
+from api.policy import Prefix, shared_sources
 from api.records import GLOBAL_WORKSPACE, Workspace
 from api.settings import Settings
 from api.store import BuildStore
 from builder.docker import DockerBuilder
 from builder.pipeline import BuildConfig, DockerImageBuilder
 from builder.resolve import Resolver
-from hashing import EnvKey, parse_image_at
+from hashing import EnvKey, ImageName
 from registry.auth import Credentials
 from registry.base import Registry
 from registry.open import open_registry, open_tiers
@@ -45,8 +46,10 @@ class Tenants:
         store: BuildStore,
         engine: DockerBuilder,
         fixed: Mapping[str, Workspace] | None = None,
+        default_base: ImageName | None = None,
     ) -> None:
         self.settings = settings
+        self._default_base = default_base
         self._store = store
         self._engine = engine
         self._fixed = dict(fixed) if fixed is not None else None
@@ -120,15 +123,11 @@ class Tenants:
         return Tenant(tiers, Resolver(tiers, builder, state=state), closers)
 
     def _pull_registries(self, workspace: Workspace) -> tuple[str, ...]:
-        """The hosts whose credentials a workspace's build may use: its own registry's, the
-        global one's, the default base image's and the operator's allowed registries'."""
-        s = self.settings
-        names = [workspace.registry, s.global_registry or "", *s.allowed_base_registries]
-        if s.default_base_image:
-            names.append(parse_image_at(s.default_base_image, "ENVCTL_BASE_IMAGE").domain)
-        return tuple(
-            dict.fromkeys(n.split("/", 1)[0] for n in names if n and not n.startswith("oci:"))
-        )
+        """The hosts whose credentials a workspace's build may use: its own registry's and
+        those of what every workspace may read (`api.policy.shared_sources`)."""
+        shared = shared_sources(self.settings, self._default_base)
+        own = [] if workspace.registry.startswith("oci:") else [Prefix.parse(workspace.registry)]
+        return tuple(dict.fromkeys(p.domain for p in (*own, *shared)))
 
     def _registry(self, address: str, credentials: Credentials | None) -> StoreRegistry:
         s = self.settings

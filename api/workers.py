@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from api.errors import kind_of
 from api.records import BuildRecord, LogLine
 from api.request import ResolveRequest
 from builder.errors import disk_error
@@ -25,6 +26,7 @@ from hashing import (
     compute_key,
     parse_image,
 )
+from hashing.errors import Kind
 
 if TYPE_CHECKING:  # the service owns its workers
     from api.service import EnvironmentService
@@ -124,12 +126,16 @@ class Workers:
         except EnvctlError as exc:
             self._failed(record, exc)
         except SQLAlchemyError as exc:
-            # the database went away under the build (its log, its outcome): nothing can be
-            # recorded, and nothing should be, since the build itself did not fail. Its lease
-            # runs out and whoever sees that, this process included, queues it again; the next
-            # run finds the image if this one pushed it.
-            log.warning("build %s: the database failed under it (%s); it will run again",
-                        record.id, exc)  # fmt: skip
+            if kind_of(exc) is Kind.UNAVAILABLE:
+                # the database went away under the build (its log, its outcome): nothing can
+                # be recorded, and nothing should be, since the build itself did not fail. Its
+                # lease runs out and whoever sees that, this process included, queues it
+                # again; the next run finds the image if this one pushed it.
+                log.warning("build %s: the database failed under it (%s); it will run again",
+                            record.id, exc)  # fmt: skip
+            else:  # not an outage: a bug, recorded as one
+                log.exception("build %s crashed", record.id)
+                self._failed(record, exc)
         except OSError as exc:
             self._failed(record, disk_error(exc))
         except Exception as exc:  # a bug must not kill the worker or leave the build running

@@ -74,15 +74,16 @@ class DiskFull(BuildError):
     must free space; the same build may succeed then."""
 
     kind = Kind.UNAVAILABLE
+    MESSAGE = "envctl's disk is full (no space left in ENVCTL_HOME); an operator must free space"
+
+    def __init__(self, *, build_id: str | None = None) -> None:
+        super().__init__(self.MESSAGE, build_id=build_id)
 
 
 def disk_error(exc: OSError) -> Exception:
     """A full disk as DiskFull (without the path, which is the host's); any other OSError as
     it is."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFull("envctl's disk is full (no space left in ENVCTL_HOME); an operator "
-                        "must free space")  # fmt: skip
-    return exc
+    return DiskFull() if exc.errno in (errno.ENOSPC, errno.EDQUOT) else exc
 
 
 FULL_BYTES = 1 << 20  # free space under which a disk counts as full

@@ -124,11 +124,7 @@ class DockerImageBuilder:
             # a full disk shows as whatever the tool that hit it says (rattler: "EOF while
             # parsing a value"): said for what it is, and never remembered as the key's failure
             if disk_full(self._config.home):
-                raise DiskFull(
-                    "envctl's disk is full (no space left in ENVCTL_HOME); an operator must "
-                    "free space",
-                    build_id=build_id,
-                ) from exc
+                raise DiskFull(build_id=build_id) from exc
             raise
         finally:
             # the registry has the image, or nothing does: the engine's copy only takes disk

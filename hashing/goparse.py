@@ -94,16 +94,21 @@ class _Pool:
         self._bytes = 0
 
     def parse(self, text: str) -> tuple[Command, ...]:
-        executor = self._take(len(text))
-        future = executor.submit(_parse_here, text)
-        try:
-            return future.result(timeout=PARSE_SECONDS)
-        except FutureTimeout:
-            self._discard(executor)
-            raise ParseTimeout(f"parsing took longer than {PARSE_SECONDS:g} s") from None
-        except BrokenProcessPool:  # the child died (killed, out of memory): a fresh one next
-            self._discard(executor)
-            raise ParseTimeout("the parser's process died") from None
+        for attempt in range(2):
+            executor = self._take(len(text))
+            future = executor.submit(_parse_here, text)
+            try:
+                return future.result(timeout=PARSE_SECONDS)
+            except FutureTimeout:
+                self._discard(executor)
+                raise ParseTimeout(f"parsing took longer than {PARSE_SECONDS:g} s") from None
+            except BrokenProcessPool:
+                # the child died: killed for another caller's parse that hung, or out of
+                # memory. Once more on a fresh one, so one request's text cannot fail another's
+                self._discard(executor)
+                if attempt:
+                    raise ParseTimeout("the parser's process died") from None
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         """Stop the child process (and the executor's thread), waiting for them."""
