@@ -4,11 +4,12 @@
 
 Both ends read the spec with `api.specfiles.read_spec_parts`, so the service gets the spec (and
 key) that `load_spec` gets on the client's disk. `request_from_file` reads from disk through a
-source that records each file it reads; `spec_from_request` reads from memory (`RequestFiles`),
-and touches the disk only to write a build context where the builder can copy it from:
-`contexts/<hash of the listing>`, then listed there with `scan_context`, as on the client.
+source that records each file it reads; `spec_from_request` reads from memory (`RequestFiles`)
+and writes nothing, except a build's context where a worker asks for it (`context_dir`), with
+no setuid, setgid or sticky bit on the host.
 
-Listing the context again on the service must reproduce the client's listing. It does when the
+Listing the context in memory (`builder.context.list_tree`, the walk and ignore rules of
+`scan_context`) must reproduce the client's listing of it on disk. It does when the
 ignore files come along: the client sends what `scan_context` lists, the files the spec names,
 and `.dockerignore`/`.amlignore` even when they exclude themselves, so the same rules exclude
 the same paths again (a named but ignored Dockerfile, the folder of a re-included `!file`).
@@ -20,12 +21,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import os
 import posixpath
 import shutil
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -41,7 +44,7 @@ from api.specfiles import (
     read_spec_parts,
     relative_path,
 )
-from builder.context import scan_context
+from builder.context import list_tree
 from hashing import (
     ContextEntry,
     ContextManifest,
@@ -53,7 +56,13 @@ from hashing import (
     parse_image_at,
 )
 
-_LISTING = "envctl.context/1"  # names the folder layout: change it when the layout changes
+# A tenant's files on the host never carry setuid, setgid or sticky bits: the image gets the
+# modes the manifest lists (builder.docker's archive sets them), the host only these bits.
+_HOST_MODE = 0o777
+# Request paths are written under a build's folder, whose own path must fit in the kernel's
+# 4,096 bytes beside them; a link target may be as long as the kernel allows.
+MAX_PATH = 1024
+MAX_TARGET = 4095
 
 
 class SpecFile(BaseModel):
@@ -108,15 +117,40 @@ def _spec_file(kept: KeptFile) -> SpecFile:
     )
 
 
+def stored_request(request: ResolveRequest) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """The request as a build row keeps it, each file's bytes replaced by their sha256, and
+    those bytes by sha256 (the store keeps each once, however many builds send it). The
+    request was read already: its files are base64."""
+    body = request.model_dump(mode="json")
+    files: dict[str, bytes] = {}
+    for file in body["files"]:
+        if file["kind"] == "file":
+            data = base64.b64decode(file.pop("content"))
+            file["sha256"] = sha = hashlib.sha256(data).hexdigest()
+            files[sha] = data
+    return body, files
+
+
+def restored_request(body: dict[str, Any], files: Mapping[str, bytes]) -> ResolveRequest:
+    """The request `stored_request` gave `body` of, its files' bytes from `files`; a KeyError
+    names a file that is not there."""
+    body = {**body, "files": [dict(file) for file in body["files"]]}
+    for file in body["files"]:
+        if "sha256" in file:
+            file["content"] = base64.b64encode(files[file.pop("sha256")]).decode("ascii")
+    return ResolveRequest.model_validate(body)
+
+
 def spec_from_request(
-    request: ResolveRequest, *, contexts: Path, default_base: ImageName | None
+    request: ResolveRequest, *, default_base: ImageName | None, context_dir: Path | None = None
 ) -> EnvironmentSpec:
     """The EnvironmentSpec `load_spec` gives for the original file (the same key), base image not
-    yet resolved. A build context is written under `contexts`, nothing else touches the disk."""
+    yet resolved. Nothing touches the disk, unless `context_dir` (a folder that does not exist
+    yet) is given: the build context is then written there, to build from."""
     base = default_base
     if request.base_image is not None:
         base = parse_image_at(request.base_image, "base_image")
-    files = RequestFiles(request, contexts)
+    files = RequestFiles(request, context_dir)
     return read_spec_parts(files, format=files.format).complete(base)
 
 
@@ -138,7 +172,7 @@ class _Sent:
 class RequestFiles:
     """`SpecFiles` that reads a spec and the files it names from a ResolveRequest."""
 
-    def __init__(self, request: ResolveRequest, contexts: Path) -> None:
+    def __init__(self, request: ResolveRequest, context_dir: Path | None = None) -> None:
         name = request.name
         if not name or name in (".", "..") or "/" in name or "\0" in name:
             raise SpecError(f"not a plain file name: {name!r}", source="name")
@@ -155,7 +189,7 @@ class RequestFiles:
             except (TypeError, ValueError) as exc:
                 raise SpecError(f"not a JSON object: {exc}", source="spec") from None
         self._sent = _check_files(request.files)
-        self._contexts = contexts
+        self._context_dir = context_dir
 
     def spec_text(self) -> str:
         """The spec's text."""
@@ -189,8 +223,15 @@ class RequestFiles:
             raise ref.error(f"build context {path!r} is not a directory among the request's files")
 
     def scan(self, ref: FileRef) -> ContextManifest:
-        """Write the context `ref` names under `contexts` and list it there."""
-        return _materialize(self._sent, relative_path(ref), self._contexts)
+        """List the context `ref` names as `scan_context` would once it was written, and write
+        it to the context folder if there is one."""
+        folder = relative_path(ref)
+        inside = _inside(self._sent, folder)
+        manifest = _list(inside, folder)
+        if self._context_dir is not None:
+            _write_atomically({e.path: inside[e.path] for e in manifest.entries}, self._context_dir)
+            manifest = replace(manifest, root=str(self._context_dir))
+        return manifest
 
 
 def _check_files(files: list[SpecFile]) -> dict[str, _Sent]:
@@ -209,6 +250,19 @@ def _check_files(files: list[SpecFile]) -> dict[str, _Sent]:
             raise SpecError(f"a {file.kind} has no content", source=f"{where}.content")
         if (file.kind == "symlink") != bool(file.target):
             raise SpecError("a symlink, and only a symlink, has a target", source=f"{where}.target")
+        try:
+            target_size = len(file.target.encode())
+        except UnicodeEncodeError:
+            target_size = -1  # a lone surrogate: no file system holds it
+        if target_size < 0 or "\0" in file.target:
+            raise SpecError(f"not a link target: {file.target[:80]!r}", source=f"{where}.target")
+        if target_size > MAX_TARGET:
+            message = f"a symlink target of {target_size} bytes: at most {MAX_TARGET}"
+            raise SpecError(message, source=f"{where}.target")
+        if file.kind == "symlink" and file.mode != 0o777:
+            raise SpecError(
+                f"a symlink's mode is 0o777, not {file.mode:#o}", source=f"{where}.mode"
+            )
         if file.kind == "file":
             try:
                 data = base64.b64decode(file.content, validate=True)
@@ -238,7 +292,10 @@ def _path_problem(path: str) -> str | None:
     except UnicodeEncodeError:
         return f"not a file name: {path!r}"
     if "\0" in path or any(len(part.encode()) > 255 for part in path.split("/")):
-        return f"not a file name: {path!r}"
+        return f"not a file name: {path[:80]!r}{'…' if len(path) > 80 else ''}"
+    if len(path.encode()) > MAX_PATH:
+        size = len(path.encode())
+        return f"a path of {size} bytes: at most {MAX_PATH} (it is written on the builder)"
     if path.startswith("/"):
         return f"absolute path {path!r}: paths are relative to the spec file's folder"
     named = False
@@ -252,9 +309,8 @@ def _path_problem(path: str) -> str | None:
     return None
 
 
-def _materialize(sent: dict[str, _Sent], folder: str, contexts: Path) -> ContextManifest:
-    """Write the entries under `folder` into `contexts/<hash of their listing>` (once: an existing
-    folder is reused) and list it with `scan_context`."""
+def _inside(sent: dict[str, _Sent], folder: str) -> dict[str, _Sent]:
+    """The entries under `folder`, by their path in it; a SpecError for a symlink leading out."""
     inside: dict[str, _Sent] = {}
     for path, entry in sent.items():
         rel = _relative(path, folder)
@@ -264,16 +320,46 @@ def _materialize(sent: dict[str, _Sent], folder: str, contexts: Path) -> Context
         if entry.kind == "symlink" and _escapes(rel, inside):
             message = f"symlink {rel!r} -> {entry.digest!r} points outside the build context"
             raise SpecError(message, source=entry.at("target"))
-    listing = sorted([rel, e.kind, e.mode, e.digest] for rel, e in inside.items())
-    name = xxhash.xxh3_128_hexdigest(json.dumps([_LISTING, listing]).encode())
-    contexts.mkdir(parents=True, exist_ok=True)
-    root = contexts / name
-    if not root.is_dir():
-        _write_atomically(inside, root)
-    manifest = scan_context(root)
-    for listed in manifest.entries:
-        _check_listed(listed, inside.get(listed.path), folder)
+    return inside
+
+
+def _list(inside: dict[str, _Sent], folder: str) -> ContextManifest:
+    """What `scan_context` lists once `inside` is written: the same ignore rules, and a folder
+    that holds entries but was not sent is listed, and is the request's error."""
+    tree: dict[str, ContextEntry | None] = {}
+    for rel, e in inside.items():
+        tree[rel] = ContextEntry(rel, e.kind, e.mode, e.digest)
+        parent = rel.rpartition("/")[0]
+        while parent and parent not in tree:
+            tree[parent] = None
+            parent = parent.rpartition("/")[0]
+    texts = (_ignore_text(inside, name, folder) for name in (".dockerignore", ".amlignore"))
+    manifest, unlisted = list_tree(tree, *texts)
+    if unlisted:
+        where = posixpath.join(folder, unlisted[0])
+        message = f"{where!r} is in the build context but not among the request's files"
+        raise SpecError(message, source="files")
     return manifest
+
+
+def _ignore_text(inside: dict[str, _Sent], name: str, folder: str) -> str | None:
+    """An ignore file's text as reading it on disk would give it; None when there is none."""
+    path = name
+    for _ in range(MAX_LINKS):  # _inside saw to it that every link stays inside
+        entry = inside.get(path)
+        if entry is None or entry.kind != "symlink":
+            break
+        path = posixpath.normpath(posixpath.join(posixpath.dirname(path), entry.digest))
+    if entry is None:
+        return None  # a missing file, or a link to nothing: no patterns, as on disk
+    source = entry.at("content")
+    if entry.kind != "file":
+        raise SpecError(f"cannot read ignore file {posixpath.join(folder, name)!r}: a {entry.kind}",
+                        source=source)  # fmt: skip
+    try:
+        return entry.data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"cannot read ignore file: {exc}", source=source) from None
 
 
 def _relative(path: str, folder: str) -> str | None:
@@ -315,17 +401,14 @@ def _escapes(link: str, inside: dict[str, _Sent]) -> bool:
 
 def _write_atomically(inside: dict[str, _Sent], root: Path) -> None:
     """Write a context into a temporary sibling of `root`, then rename it into place, so a
-    reader never sees half a context; losing the race to another writer is fine."""
+    reader never sees half a context."""
+    root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
         _write_tree(inside, tmp)
         os.rename(tmp, root)
-    except OSError:
-        _remove(tmp)
-        if not root.is_dir():  # not another writer's complete copy: a real failure
-            raise
     except BaseException:
-        _remove(tmp)
+        remove_context(tmp)
         raise
 
 
@@ -341,33 +424,19 @@ def _write_tree(inside: dict[str, _Sent], root: Path) -> None:
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
             with os.fdopen(os.open(path, flags, 0o600), "wb") as out:
                 out.write(entry.data)
-            os.chmod(path, entry.mode)
+            os.chmod(path, entry.mode & _HOST_MODE)
     for rel, entry in inside.items():
         if entry.kind == "symlink":
             os.symlink(entry.digest, root / rel)
     for rel in sorted((r for r, e in inside.items() if e.kind == "dir"), reverse=True):
-        os.chmod(root / rel, inside[rel].mode)
+        os.chmod(root / rel, inside[rel].mode & _HOST_MODE)
 
 
-def _remove(tmp: Path) -> None:
-    """Delete a partly written context, read-only folders included."""
+def remove_context(tmp: Path) -> None:
+    """Delete a written context, read-only folders included."""
     for folder, dirs, _ in os.walk(tmp):
         for name in dirs:  # before the walk lists them; never through a symlink
             path = os.path.join(folder, name)
             if not os.path.islink(path):
                 os.chmod(path, 0o700)
     shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _check_listed(entry: ContextEntry, sent: _Sent | None, folder: str) -> None:
-    """The service lists what the client sent, or the request was incomplete."""
-    where = posixpath.join(folder, entry.path)
-    if sent is None:
-        message = f"{where!r} is in the build context but not among the request's files"
-        raise SpecError(message, source="files")
-    if (sent.kind, sent.mode, sent.digest) != (entry.kind, entry.mode, entry.digest):
-        message = (
-            f"{where!r} was sent as a {sent.kind} with mode {sent.mode:04o} but is a "
-            f"{entry.kind} with mode {entry.mode:04o} once written"
-        )
-        raise SpecError(message, source=sent.at("mode"))

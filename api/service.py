@@ -25,6 +25,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import xxhash
@@ -37,7 +38,7 @@ from api.loghub import LogHub
 from api.metrics import ServiceMetrics
 from api.policy import Prefix, SourcePolicy, shared_sources
 from api.records import BuildRecord, LogLine, Workspace
-from api.request import ResolveRequest, spec_from_request
+from api.request import ResolveRequest, spec_from_request, stored_request
 from api.settings import Settings
 from api.store import BuildStore, QueueLimit
 from api.tenants import Memo, Tenants
@@ -68,6 +69,7 @@ class ServiceLimits:
     max_queued: int = 32  # per workspace; beyond it resolve answers 429
     lease_seconds: float = 30.0  # a running build's owner renews it every third of this
     poll_seconds: float = 1.0  # how often to look for work and outcomes of other processes
+    files_kept_seconds: float = 60.0  # request files no active build needs are kept this long
 
 
 @dataclass(frozen=True)
@@ -209,21 +211,23 @@ class EnvironmentService:
         self.metrics.hits.labels(hit.source).inc()
         return Resolved(key, hit=hit)
 
-    def read_spec(self, request: ResolveRequest) -> EnvironmentSpec:
+    def read_spec(
+        self, request: ResolveRequest, *, context_dir: Path | None = None
+    ) -> EnvironmentSpec:
         """The request's spec with the operator's package sources, base not pinned; remembered
-        by the request's content (reading it is most of a hit's cost)."""
+        by the request's content (reading it is most of a hit's cost). Only a build passes
+        `context_dir`, where its context is written (never remembered: the build removes it)."""
         fingerprint = _fingerprint(request)
-        spec = self._specs.get(fingerprint)
+        spec = self._specs.get(fingerprint) if context_dir is None else None
         if spec is not None:
             return spec
         s = self.settings
-        spec = spec_from_request(
-            request, contexts=s.home / "contexts", default_base=self._default_base
-        )
+        spec = spec_from_request(request, default_base=self._default_base, context_dir=context_dir)
         spec = spec.with_package_sources(
             channels=s.channels, pip_index_url=s.pip_index_url, pip_find_links=s.pip_find_links
         )
-        self._specs.put(fingerprint, spec)
+        if context_dir is None:
+            self._specs.put(fingerprint, spec)
         return spec
 
     def resolve(
@@ -245,14 +249,11 @@ class EnvironmentService:
                 return Resolved(key, hit=hit)
         if not build:
             return Resolved(key)
-        plan = {
-            "request": request.model_dump(mode="json"),
-            "base_image": str(spec.base_image),
-            "force_rebuild": force_rebuild,
-        }
+        body, files = stored_request(request)
+        plan = {"request": body, "base_image": str(spec.base_image), "force_rebuild": force_rebuild}
         try:
             record, created = self.store.open_build(
-                workspace, key, plan, max_queued=self.limits.max_queued
+                workspace, key, plan, files=files, max_queued=self.limits.max_queued
             )
         except QueueLimit as exc:
             raise QueueFull(

@@ -19,13 +19,15 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Dialect, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.types import TypeDecorator
@@ -124,6 +126,26 @@ sa.Index("builds_one_active_key", builds.c.workspace, builds.c["key"], unique=Tr
 sa.Index("builds_queue", builds.c.status, builds.c.queued_at, builds.c.id)
 sa.Index("builds_key_history", builds.c.workspace, builds.c["key"], builds.c.queued_at)
 
+# The files of a resolve request, by the sha256 of their bytes (a tenant cannot make its file
+# collide with another's), kept while a queued or running build references them: a build row
+# holds its request without the files' bytes, and build_files says which it needs. A file no
+# build references is swept once it has gone unused for a while (`sweep_files`).
+request_files = sa.Table(
+    "request_files",
+    metadata,
+    sa.Column("sha256", sa.String(64), primary_key=True),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+    sa.Column("used_at", UtcDateTime, nullable=False),
+)
+
+build_files = sa.Table(
+    "build_files",
+    metadata,
+    sa.Column("build_id", sa.String(32), sa.ForeignKey("builds.id"), primary_key=True),
+    sa.Column("sha256", sa.String(64), sa.ForeignKey("request_files.sha256"), primary_key=True),
+)
+sa.Index("build_files_by_file", build_files.c.sha256)
+
 build_logs = sa.Table(
     "build_logs",
     metadata,
@@ -194,6 +216,22 @@ def _cas(
     if conn.execute(query.values(**values)).rowcount != 1:
         return None
     return _get(conn, build_id)
+
+
+def _keep_files(conn: Connection, build_id: str, files: Mapping[str, bytes]) -> None:
+    """Store `files` (by sha256) for the new build `build_id`; a file already stored is only
+    marked used, which locks its row against a concurrent sweep."""
+    now = _now()
+    insert = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(request_files)
+    upsert = insert.on_conflict_do_update(
+        index_elements=[request_files.c.sha256], set_={"used_at": now}
+    )
+    rows = [{"sha256": sha, "data": data, "used_at": now} for sha, data in sorted(files.items())]
+    for row in rows:  # one at a time: a request's files may be tens of megabytes together
+        conn.execute(upsert, row)
+    conn.execute(
+        sa.insert(build_files), [{"build_id": build_id, "sha256": r["sha256"]} for r in rows]
+    )
 
 
 def _of_key(workspace: str, key: str) -> sa.ColumnElement[bool]:
@@ -297,12 +335,15 @@ class BuildStore:
         key: str,
         request: dict[str, Any],
         *,
+        files: Mapping[str, bytes] | None = None,
         max_queued: int | None = None,
     ) -> tuple[BuildRecord, bool]:
-        """Join the active (queued or running) build of `key` in `workspace`, or queue a new one.
-        Returns the record and whether it was created. Race-free across processes. A new
-        build beyond `max_queued` queued in the workspace raises QueueLimit (joining never
-        does)."""
+        """Join the active (queued or running) build of `key` in `workspace`, or queue a new one
+        with `request` and the `files` (by sha256) it needs, which `build_files` gives back
+        until it finishes. Returns the record and whether it was created. Race-free across
+        processes. A new build beyond `max_queued` queued in the workspace raises QueueLimit
+        (joining never does)."""
+        files = files or {}
         active = sa.select(builds).where(_of_key(workspace, key), _active)
         queued = (builds.c.workspace == workspace, builds.c.status == "queued")
         for _ in range(OPEN_RETRIES):
@@ -318,10 +359,33 @@ class BuildStore:
                         if count >= max_queued:
                             raise QueueLimit(count)
                     conn.execute(sa.insert(builds).values(asdict(record)))
+                    if files:
+                        _keep_files(conn, record.id, files)
                 return record, True
             except IntegrityError:
                 continue  # another process queued it since we looked: join that build
         raise RuntimeError(f"open_build {workspace}/{key}: lost {OPEN_RETRIES} races in a row")
+
+    def build_files(self, build_id: str) -> dict[str, bytes]:
+        """The files (by sha256) an active build was queued with; none once it finished."""
+        query = sa.select(request_files.c.sha256, request_files.c.data).join(build_files)
+        query = query.where(build_files.c.build_id == build_id)
+        with self._engine.begin() as conn:
+            return {sha: bytes(data) for sha, data in conn.execute(query).all()}
+
+    def sweep_files(self, *, unused_for: float) -> int:
+        """Delete the request files no active build references and none has used for
+        `unused_for` seconds; how many. A build being queued meanwhile marks the files it
+        shares as used first (its upsert takes their rows), so none is deleted under it."""
+        referenced = sa.select(build_files.c.sha256).where(
+            build_files.c.sha256 == request_files.c.sha256
+        )
+        sweep = sa.delete(request_files).where(
+            request_files.c.used_at < _now() - timedelta(seconds=unused_for),
+            ~sa.exists(referenced),
+        )
+        with self._writer.begin() as conn:
+            return conn.execute(sweep).rowcount
 
     def get_build(self, build_id: str) -> BuildRecord | None:
         """A build by id, whatever its workspace (callers check the workspace)."""
@@ -432,9 +496,13 @@ class BuildStore:
             raise ValueError(f"not an outcome: {status!r}")
         outcome = {"image": image, "digest": digest, "source": source, "message": message}
         outcome |= {"status": status, "failure_class": failure_class, "lease_until": None}
-        return self._move(
-            build_id, "running", builds.c.owner == owner, finished_at=_now(), **outcome
-        )
+        with self._writer.begin() as conn:
+            done = _cas(
+                conn, build_id, "running", builds.c.owner == owner, finished_at=_now(), **outcome
+            )
+            if done is not None:  # its files are not needed any more: sweep_files may take them
+                conn.execute(sa.delete(build_files).where(build_files.c.build_id == build_id))
+        return done
 
     # logs
     def append_log(

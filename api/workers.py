@@ -12,13 +12,14 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from api.errors import kind_of
 from api.records import BuildRecord, LogLine
-from api.request import ResolveRequest
+from api.request import remove_context, restored_request
 from builder.errors import disk_error
 from hashing import (
     EnvctlError,
@@ -100,18 +101,20 @@ class Workers:
         self._svc.hub.start(record.id)
         started = time.monotonic()
         plan = record.request
+        # a re-run of a build whose process died gets folders and tags of its own
+        build_id = record.id if record.attempts <= 1 else f"{record.id}-{record.attempts}"
+        context_dir = self._svc.settings.home / "builds" / f"{build_id}.context"
         try:
             on_event = functools.partial(self._log, record.id)
             on_event(
                 "queue", f"build {record.id} of {record.key} started by {_who(self._svc.owner)}"
             )
-            spec = self._planned_spec(record)
+            spec = self._planned_spec(record, context_dir)
             ref = self._svc.tenants.get(record.workspace).resolver.resolve(
                 spec,
                 force_rebuild=bool(plan.get("force_rebuild")),
                 on_event=on_event,
-                # a re-run of a build whose process died gets folders and tags of its own
-                build_id=record.id if record.attempts <= 1 else f"{record.id}-{record.attempts}",
+                build_id=build_id,
             )
             assert ref is not None  # resolve with build=True finds or builds
             self._svc.store.finish(
@@ -145,12 +148,19 @@ class Workers:
             self._svc.metrics.build_seconds.observe(time.monotonic() - started)
             self._running.pop(record.id, None)
             self._svc.hub.finish(record.id)
+            remove_context(context_dir)
+            self._sweep_files()
 
-    def _planned_spec(self, record: BuildRecord) -> EnvironmentSpec:
-        """The spec a queued build was planned with: its request, on the base image as pinned
-        when it was queued (a tag moved since then is another key)."""
+    def _planned_spec(self, record: BuildRecord, context_dir: Path) -> EnvironmentSpec:
+        """The spec a queued build was planned with: its request (its context written to
+        `context_dir`), on the base image as pinned when it was queued (a tag moved since
+        then is another key)."""
         plan = record.request
-        spec = self._svc.read_spec(ResolveRequest.model_validate(plan["request"]))
+        try:
+            request = restored_request(plan["request"], self._svc.store.build_files(record.id))
+        except KeyError:  # only a bug, or a hand-edited database, can take a file away
+            raise EnvctlError("the build's request files are gone; resolve again") from None
+        spec = self._svc.read_spec(request, context_dir=context_dir)
         spec = spec.with_base_image(parse_image(plan["base_image"]))  # written by resolve()
         if compute_key(spec) != record.key:
             raise EnvctlError(
@@ -185,6 +195,7 @@ class Workers:
                         log.warning("build %s: lease lost; another process may run it", build_id)
                 if self._recover():
                     self.notify(every=True)
+                self._sweep_files()
             except Exception:  # the database is away: keep renewing once it is back
                 log.exception("renewing leases failed; trying again")
 
@@ -211,6 +222,13 @@ class Workers:
                 self._log(record.id, "queue", f"{why}: build queued again")
                 requeued += 1
         return requeued
+
+    def _sweep_files(self) -> None:
+        """Delete the request files no active build needs (best effort: the next sweep will)."""
+        try:
+            self._svc.store.sweep_files(unused_for=self._svc.limits.files_kept_seconds)
+        except SQLAlchemyError as exc:
+            log.warning("sweeping request files failed (%s); trying again later", exc)
 
     def _spawn(self, target: Callable[[], None], name: str) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)

@@ -12,10 +12,10 @@ import os
 import re
 import shutil
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from operator import attrgetter
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import pathspec
 import xxhash
@@ -26,6 +26,7 @@ from hashing import ContextEntry, ContextManifest, SpecError
 
 _CHUNK = 1 << 20
 _by_path = attrgetter("path")
+_T = TypeVar("_T")
 
 
 def scan_context(
@@ -37,13 +38,18 @@ def scan_context(
     same walk and I/O with another hash.
     """
     root = Path(root)
-    docker_patterns = _ignore_lines(root / ".dockerignore")
-    docker = DockerIgnore(docker_patterns) if docker_patterns else None
-    aml_lines = _ignore_lines(root / ".amlignore")
-    aml = pathspec.GitIgnoreSpec.from_lines(aml_lines) if aml_lines else None
     hasher = hasher or FileHasher()
     entries = []
-    for rel, entry in _walk(str(root), docker, aml):
+
+    def children(folder: str) -> Iterator[tuple[str, bool, os.DirEntry[str]]]:
+        with os.scandir(root / folder) as it:
+            for entry in it:
+                yield entry.name, entry.is_dir(follow_symlinks=False), entry
+
+    docker, aml = _ignores(
+        _ignore_lines(root / ".dockerignore"), _ignore_lines(root / ".amlignore")
+    )
+    for rel, entry in _walk(children, docker, aml):
         st = entry.stat(follow_symlinks=False)
         mode = stat.S_IMODE(st.st_mode)
         if stat.S_ISLNK(st.st_mode):
@@ -55,6 +61,46 @@ def scan_context(
         # sockets, fifos and devices cannot be sent in a build context: Docker skips them too
     entries.sort(key=_by_path)
     return ContextManifest(tuple(entries), root=str(root))
+
+
+def list_tree(
+    tree: Mapping[str, ContextEntry | None], dockerignore: str | None, amlignore: str | None
+) -> tuple[ContextManifest, list[str]]:
+    """What `scan_context` lists for a context held in memory: `tree` has every entry by its
+    relative path, and None for a folder that holds entries but is not one itself (it would
+    exist on disk, with no mode of its own); the ignore files' texts, if there are any.
+
+    Returns the manifest (with no root) and the None folders it would list, in walk order.
+    """
+    folders: dict[str, list[str]] = {}
+    for rel in tree:
+        parent, _, name = rel.rpartition("/")
+        folders.setdefault(parent, []).append(name)
+
+    def children(folder: str) -> Iterator[tuple[str, bool, str]]:
+        prefix = folder + "/" if folder else ""
+        for name in folders.get(folder, ()):
+            entry = tree[prefix + name]
+            yield name, entry is None or entry.kind == "dir", prefix + name
+
+    docker, aml = _ignores(_pattern_lines(dockerignore), _pattern_lines(amlignore))
+    entries, unlisted = [], []
+    for _, rel in _walk(children, docker, aml):
+        entry = tree[rel]
+        if entry is None:
+            unlisted.append(rel)
+        else:
+            entries.append(entry)
+    entries.sort(key=_by_path)
+    return ContextManifest(tuple(entries)), unlisted
+
+
+def _ignores(
+    docker_lines: list[str], aml_lines: list[str]
+) -> tuple[DockerIgnore | None, pathspec.GitIgnoreSpec | None]:
+    docker = DockerIgnore(docker_lines) if docker_lines else None
+    aml = pathspec.GitIgnoreSpec.from_lines(aml_lines) if aml_lines else None
+    return docker, aml
 
 
 class DockerIgnore:
@@ -157,25 +203,27 @@ class FileHasher:
 
 
 def _walk(
-    root: str, docker: DockerIgnore | None, aml: pathspec.GitIgnoreSpec | None
-) -> Iterator[tuple[str, os.DirEntry[str]]]:
+    children: Callable[[str], Iterable[tuple[str, bool, _T]]],
+    docker: DockerIgnore | None,
+    aml: pathspec.GitIgnoreSpec | None,
+) -> Iterator[tuple[str, _T]]:
     """The context's entries, as docker-py's PatternMatcher.walk chooses them, with `.amlignore`
     applied first (Azure ML never uploads what it ignores, so nothing under an ignored folder
-    can come back)."""
-    stack = [("", root, True)]
+    can come back). `children(folder)` lists a folder ('' is the root): each entry's name,
+    whether it is a folder (not a link to one), and what to yield with its path."""
+    stack = [("", True)]
     while stack:
-        prefix, folder, kept = stack.pop()  # kept: no folder above was excluded
-        with os.scandir(folder) as it:
-            for entry in it:
-                rel = prefix + entry.name
-                is_dir = entry.is_dir(follow_symlinks=False)
-                if aml is not None and aml.match_file(rel + "/" if is_dir else rel):
-                    continue
-                excluded = docker is not None and docker.excludes(rel, ancestors_kept=kept)
-                if not excluded:
-                    yield rel, entry
-                if is_dir and (not excluded or docker is None or docker.reincludes_under(rel)):
-                    stack.append((rel + "/", entry.path, kept and not excluded))
+        folder, kept = stack.pop()  # kept: no folder above was excluded
+        prefix = folder + "/" if folder else ""
+        for name, is_dir, item in children(folder):
+            rel = prefix + name
+            if aml is not None and aml.match_file(rel + "/" if is_dir else rel):
+                continue
+            excluded = docker is not None and docker.excludes(rel, ancestors_kept=kept)
+            if not excluded:
+                yield rel, item
+            if is_dir and (not excluded or docker is None or docker.reincludes_under(rel)):
+                stack.append((rel, kept and not excluded))
 
 
 def _ignore_lines(path: Path) -> list[str]:
@@ -186,6 +234,12 @@ def _ignore_lines(path: Path) -> list[str]:
         return []
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(f"cannot read ignore file: {exc}", source=str(path)) from None
+    return _pattern_lines(text)
+
+
+def _pattern_lines(text: str | None) -> list[str]:
+    if text is None:
+        return []
     return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
@@ -193,7 +247,8 @@ def copy_context(context: ContextManifest, target: Path) -> None:
     """Copy the entries of `context` into `target` and check every file against its hash.
 
     Copies, not links: a file edited during the build must not change what is built after the
-    key was computed. Raises SpecError when a file no longer matches the manifest.
+    key was computed. No copy is setuid, setgid or sticky (the image gets the manifest's modes
+    from the archive the builder sends). Raises SpecError when a file no longer matches.
     """
     if context.root is None:
         raise SpecError("the spec's build context has no folder to copy from")
@@ -204,12 +259,12 @@ def copy_context(context: ContextManifest, target: Path) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
         if entry.kind == "dir":
             dest.mkdir(exist_ok=True)
-            os.chmod(dest, entry.mode)
+            os.chmod(dest, entry.mode & 0o777)
         elif entry.kind == "symlink":
             os.symlink(entry.digest, dest)
         else:
             shutil.copyfile(source, dest)
-            os.chmod(dest, entry.mode)
+            os.chmod(dest, entry.mode & 0o777)
             if hasher.hash(dest, dest.stat().st_size) != entry.digest:
                 raise SpecError(
                     f"{entry.path} changed after the spec was hashed; resolve again",

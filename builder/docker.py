@@ -114,19 +114,22 @@ class DockerBuilder:
         build_id: str | None = None,
         dockerfile: str = "Dockerfile",
         registries: Collection[str] | None = None,
+        modes: Mapping[str, int] | None = None,
     ) -> str:
         """Build `context_dir` (holding `dockerfile`) into an image tagged `tag`; its image id.
 
         Each log line goes to `on_log` as the engine sends it. `labels` are added to the image
         on top of the Dockerfile's. The engine pulls with the Docker config's credentials for
-        `registries` (hosts) only; None: all of them (a user's own CLI). Raises StepFailed,
+        `registries` (hosts) only; None: all of them (a user's own CLI). `modes` gives the
+        permission bits (setuid and the like included) of context paths, whatever the files on
+        the host have. Raises StepFailed,
         BuildTimeout, EngineUnavailable or BuildError; a failed build leaves no tag.
         """
         log = JsonLog(on_log)
         cancel = _Canceller(time.monotonic() + self.timeout)
         try:
             with tempfile.TemporaryFile(prefix="envctl-context-") as archive:
-                _tar(context_dir, archive, cancel)
+                _tar(context_dir, archive, cancel, modes or {})
                 body = _DeadlineReader(archive, cancel)
                 response = self._post_build(
                     body, tag=tag, labels=labels, dockerfile=dockerfile, registries=registries
@@ -402,12 +405,15 @@ class _DeadlineReader:
         return self._file.read(size)
 
 
-def _tar(root: Path, archive: IO[bytes], cancel: _Canceller) -> None:
-    """Archive `root` as it is; no .dockerignore: the caller assembled exactly the context."""
+def _tar(root: Path, archive: IO[bytes], cancel: _Canceller, modes: Mapping[str, int]) -> None:
+    """Archive `root` as it is, but with `modes` (by path) where given; no .dockerignore: the
+    caller assembled exactly the context."""
     with tarfile.open(fileobj=archive, mode="w") as tar:
         for path in _walk(root):
             cancel.check()
             info = tar.gettarinfo(str(path), arcname=path.relative_to(root).as_posix())
+            if not info.issym():  # a link's own mode means nothing
+                info.mode = modes.get(info.name, info.mode)
             info.uid = info.gid = 0
             info.uname = info.gname = ""
             if info.isreg():

@@ -169,7 +169,9 @@ class DockerImageBuilder:
         build(folder / "environment", tag=stage)
         try:
             dockerfile = _steps_context(spec, stage, folder / "steps", build_id)
-            build(folder / "steps", tag=tag, dockerfile=dockerfile)
+            # the host's copy has no setuid, setgid or sticky bits: the image gets the listed modes
+            modes = {e.path: e.mode for e in spec.context.entries} if spec.context else {}
+            build(folder / "steps", tag=tag, dockerfile=dockerfile, modes=modes)
         finally:
             self._engine.remove(stage)
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 import base64
 import os
 import stat
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import xxhash
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -51,21 +50,22 @@ def _write(root: Path, files: dict[str, str]) -> Path:
     return root
 
 
-def _remote(path: Path, contexts: Path) -> EnvironmentSpec:
-    """The spec the service reads from the request the client sends (through its JSON)."""
+def _remote(path: Path, context_dir: Path | None = None) -> EnvironmentSpec:
+    """The spec the service reads from the request the client sends (through its JSON), its
+    context written to `context_dir` if given (as for a build)."""
     wire = request_from_file(path).model_dump_json()
     request = ResolveRequest.model_validate_json(wire)
-    return spec_from_request(request, contexts=contexts, default_base=BASE)
+    return spec_from_request(request, default_base=BASE, context_dir=context_dir)
 
 
-def _same_key(path: Path, contexts: Path) -> EnvironmentSpec:
-    remote = _remote(path, contexts)
+def _same_key(path: Path, context_dir: Path | None = None) -> EnvironmentSpec:
+    remote = _remote(path, context_dir)
     assert compute_key(remote) == compute_key(load_spec(path, default_base=BASE))
     return remote
 
 
 def _root(spec: EnvironmentSpec) -> Path:
-    """Where the service wrote the spec's context."""
+    """Where the service wrote the spec's context for a build."""
     assert spec.context is not None
     assert spec.context.root is not None
     return Path(spec.context.root)
@@ -81,10 +81,14 @@ def _sent(path: Path) -> dict[str, SpecFile]:
     ids=lambda p: str(p.relative_to(EXAMPLES if p.is_relative_to(EXAMPLES) else CORPUS)),
 )
 def test_every_example_and_corpus_spec_keeps_its_key(path: Path, tmp_path: Path) -> None:
-    remote = _same_key(path, tmp_path / "contexts")
-    if remote.context is not None:  # the builder can copy what was keyed
-        assert _root(remote).parent == tmp_path / "contexts"
-        copy_context(remote.context, tmp_path / "copy")
+    remote = _same_key(path)  # listed in memory
+    if remote.context is not None:  # written for a build, it lists the same; the builder copies it
+        assert remote.context.root is None
+        written = _same_key(path, tmp_path / "context")
+        assert _root(written) == tmp_path / "context"
+        assert scan_context(tmp_path / "context").entries == remote.context.entries
+        assert written.context is not None
+        copy_context(written.context, tmp_path / "copy")
 
 
 def test_the_corpus_and_examples_are_all_there() -> None:
@@ -107,28 +111,25 @@ def test_the_wire_form_of_an_azure_ml_build() -> None:
     assert base64.b64decode(request.files[4].content) == greeting
 
 
-def test_without_a_context_nothing_touches_the_disk(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    request = request_from_file(EXAMPLES / "azureml" / "environment.yml")
-    spec_text = "base_image: ubuntu\nconda: ../environment.yml\n"
-    request = request.model_copy(update={"spec": spec_text, "format": None})
-    local = tmp_path / "local" / "spec.yml"
-    _write(tmp_path, {"local/spec.yml": spec_text})
-    (tmp_path / "environment.yml").write_bytes((EXAMPLES / "environment.yml").read_bytes())
-    expected = compute_key(load_spec(local))
+def test_reading_a_request_touches_no_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What /v1/hash and resolve?build=false do: a spec with a build context, keyed in memory."""
+    path = EXAMPLES / "azureml" / "environment.yml"
+    request = request_from_file(path)
+    expected = load_spec(path, default_base=BASE)
 
     def boom(*args: object, **kwargs: object) -> None:
         raise AssertionError("disk I/O")
 
-    for name in ("read_text", "read_bytes", "mkdir", "is_dir", "exists"):
+    for name in ("read_text", "read_bytes", "write_bytes", "mkdir", "is_dir", "exists", "open"):
         monkeypatch.setattr(Path, name, boom)
-    monkeypatch.setattr(os, "scandir", boom)
-    spec = spec_from_request(request, contexts=tmp_path / "contexts", default_base=None)
+    for name in ("scandir", "open", "mkdir", "stat", "lstat", "rename", "symlink", "chmod"):
+        monkeypatch.setattr(os, name, boom)
+    spec = spec_from_request(request, default_base=BASE)
     monkeypatch.undo()
-    assert compute_key(spec) == expected
-    assert spec.context is None
-    assert not (tmp_path / "contexts").exists()
+    assert compute_key(spec) == compute_key(expected)
+    assert spec.context is not None
+    assert expected.context is not None
+    assert spec.context.entries == expected.context.entries
 
 
 def test_a_spec_sent_as_an_object_is_the_envctl_format(tmp_path: Path) -> None:
@@ -140,13 +141,15 @@ def test_a_spec_sent_as_an_object_is_the_envctl_format(tmp_path: Path) -> None:
         tmp_path,
         {"env.yml": "channels: [conda-forge]\ndependencies: [numpy>=1.2, {pip: [requests]}]\n"},
     )
-    remote = spec_from_request(request, contexts=tmp_path / "c", default_base=None)
+    remote = spec_from_request(request, default_base=None)
     assert compute_key(remote) == compute_key(load_spec(tmp_path / "spec.yml"))
 
 
 def _error(request: ResolveRequest, tmp_path: Path) -> SpecError:
+    """The request's error, read as for a build: nothing may be left where it was written."""
     with pytest.raises(SpecError) as info:
-        spec_from_request(request, contexts=tmp_path / "contexts", default_base=BASE)
+        spec_from_request(request, default_base=BASE, context_dir=tmp_path / "build" / "context")
+    assert not (tmp_path / "build").exists() or not os.listdir(tmp_path / "build")
     return info.value
 
 
@@ -214,6 +217,10 @@ def test_the_client_refuses_an_absolute_path_where_the_spec_names_it(tmp_path: P
     assert _where(info.value) == (str(spec), 2, "conda")
 
 
+def _link(path: str, target: str) -> SpecFile:
+    return SpecFile(path=path, kind="symlink", mode=0o777, target=target)
+
+
 _CONDA = "base_image: x\nconda: env.yml\n"
 
 
@@ -229,6 +236,10 @@ _CONDA = "base_image: x\nconda: env.yml\n"
         ([SpecFile(path="a\0b")], "files[0].path", "not a file name"),
         ([SpecFile(path="\udc80")], "files[0].path", "not a file name"),
         ([SpecFile(path="x" * 256)], "files[0].path", "not a file name"),
+        ([SpecFile(path="/".join(["d"] * 513))], "files[0].path", "a path of 1025 bytes"),
+        ([_link("l", "t" * 4096)], "files[0].target", "a symlink target of 4096 bytes"),
+        ([_link("l", "a\udc80")], "files[0].target", "not a link target"),
+        ([_link("l", "a\0")], "files[0].target", "not a link target"),
         ([SpecFile(path="env.yml"), SpecFile(path="env.yml")], "files[1].path", "also files[0]"),
         ([SpecFile(path="env.yml", mode=-1)], "files[0].mode", "not 0 to 0o7777"),
         ([SpecFile(path="env.yml", mode=0o10000)], "files[0].mode", "not 0 to 0o7777"),
@@ -239,7 +250,7 @@ _CONDA = "base_image: x\nconda: env.yml\n"
         ([SpecFile(path="l", kind="symlink")], "files[0].target", "has a target"),
         ([SpecFile(path="f", target="x")], "files[0].target", "has a target"),
         (
-            [SpecFile(path="ctx/l", kind="symlink", target="/"), SpecFile(path="ctx/l/x")],
+            [_link("ctx/l", "/"), SpecFile(path="ctx/l/x")],
             "files[1].path",
             "inside files[0], which is a symlink",
         ),
@@ -256,7 +267,6 @@ def test_bad_request_files_are_errors_naming_the_field(
     error = _error(ResolveRequest(spec=_CONDA, files=files), tmp_path)
     assert message in error.message
     assert (error.source, error.line) == (source, None)
-    assert not (tmp_path / "contexts").exists()
 
 
 @pytest.mark.parametrize(
@@ -281,10 +291,6 @@ def _context_request(*entries: SpecFile) -> ResolveRequest:
     return ResolveRequest(spec=spec, files=[SpecFile(path="ctx", kind="dir"), *entries])
 
 
-def _link(path: str, target: str) -> SpecFile:
-    return SpecFile(path=path, kind="symlink", mode=0o777, target=target)
-
-
 @pytest.mark.parametrize(
     ("links", "bad"),
     [
@@ -301,13 +307,12 @@ def test_symlinks_leading_out_of_the_context_are_errors(
 ) -> None:
     request = _context_request(SpecFile(path="ctx/d", kind="dir"), *links)
     if bad is None:
-        spec = spec_from_request(request, contexts=tmp_path / "contexts", default_base=None)
+        spec = spec_from_request(request, default_base=None)
         assert spec.context is not None
         return
     error = _error(request, tmp_path)
     assert error.source == f"files[{bad}].target"
     assert error.message.endswith("points outside the build context")
-    assert not (tmp_path / "contexts").exists()
 
 
 def test_an_unsent_folder_of_the_context_is_an_error(tmp_path: Path) -> None:
@@ -329,7 +334,7 @@ def test_only_entries_of_the_context_folder_are_written(tmp_path: Path) -> None:
         SpecFile(path="other.txt", content=_b64("o")),
         SpecFile(path="../up.txt", content=_b64("u")),
     )
-    spec = spec_from_request(request, contexts=tmp_path / "contexts", default_base=None)
+    spec = spec_from_request(request, default_base=None, context_dir=tmp_path / "context")
     assert os.listdir(_root(spec)) == ["a.txt"]
 
 
@@ -347,7 +352,7 @@ def test_ignored_files_are_not_sent_and_keys_still_match(tmp_path: Path) -> None
     )
     sent = _sent(tmp_path / "spec.yml")
     assert sorted(sent) == ["ctx", "ctx/.dockerignore", "ctx/a.txt", "ctx/secret/keep.txt"]
-    spec = _same_key(tmp_path / "spec.yml", tmp_path / "contexts")
+    spec = _same_key(tmp_path / "spec.yml", tmp_path / "context")
     assert spec.context is not None
     assert [e.path for e in spec.context.entries] == [".dockerignore", "a.txt", "secret/keep.txt"]
 
@@ -375,7 +380,7 @@ def test_self_excluding_ignore_files_are_sent_for_their_rules(tmp_path: Path) ->
         "ctx/a.txt",
         "ctx/secret/keep.txt",
     ]
-    spec = _same_key(tmp_path / "spec.yml", tmp_path / "contexts")
+    spec = _same_key(tmp_path / "spec.yml", tmp_path / "context")
     assert spec.context is not None
     assert [e.path for e in spec.context.entries] == ["a.txt", "secret/keep.txt"]
 
@@ -396,81 +401,93 @@ def test_a_dockerfile_linked_to_an_ignored_file_is_read_through_the_link(tmp_pat
         "docker/Dockerfile.real",
     )
     assert "ctx/docker/Dockerfile.real" in sent
-    _same_key(tmp_path / "spec.yml", tmp_path / "contexts")
+    _same_key(tmp_path / "spec.yml", tmp_path / "context")
 
 
-def test_modes_and_symlinks_are_written_as_sent(tmp_path: Path) -> None:
+def test_modes_are_keyed_as_sent_and_written_without_setuid_bits(tmp_path: Path) -> None:
+    """A tenant's setuid file must not become a setuid-root file on the host; its mode still
+    goes into the key (and, through the builder's archive, into the image)."""
     _write(
         tmp_path,
         {
             "ctx/run.sh": "#!/bin/sh\n",
             "ctx/private": "p",
             "ctx/suid": "s",
+            "ctx/sgid": "g",
             "ctx/ro/inside.txt": "i",
             "ctx/open/x": "x",
             "spec.yml": "base_image: x\ncontext: ctx\n",
         },
     )
-    modes = {"run.sh": 0o755, "private": 0o600, "suid": 0o4755, "ro": 0o555, "open": 0o1777}
+    modes = {"run.sh": 0o755, "private": 0o600, "suid": 0o4755, "sgid": 0o2755}
+    modes |= {"ro": 0o555, "open": 0o1777}
     for rel, mode in modes.items():
         os.chmod(tmp_path / "ctx" / rel, mode)
     os.symlink("run.sh", tmp_path / "ctx" / "link")
     os.symlink("ro", tmp_path / "ctx" / "dirlink")
-    root = _root(_same_key(tmp_path / "spec.yml", tmp_path / "contexts"))
+    spec = _same_key(tmp_path / "spec.yml", tmp_path / "context")
+    assert spec.context is not None
+    listed = {e.path: e.mode for e in spec.context.entries}
+    root = _root(spec)
     for rel, mode in modes.items():
-        assert stat.S_IMODE(os.lstat(root / rel).st_mode) == mode, rel
+        assert listed[rel] == mode, rel
+        assert stat.S_IMODE(os.lstat(root / rel).st_mode) == mode & 0o777, rel
     assert (os.readlink(root / "link"), os.readlink(root / "dirlink")) == ("run.sh", "ro")
-    assert scan_context(root) == scan_context(tmp_path / "ctx")
+    copy_context(spec.context, tmp_path / "copy")
+    for rel, mode in modes.items():
+        assert stat.S_IMODE(os.lstat(tmp_path / "copy" / rel).st_mode) == mode & 0o777, rel
 
 
-def test_one_context_is_written_once_and_reused(tmp_path: Path) -> None:
+def test_a_written_context_leaves_no_temporary_folder(tmp_path: Path) -> None:
     _write(tmp_path, {"ctx/a.txt": "a", "spec.yml": "base_image: x\ncontext: ctx\n"})
-    contexts = tmp_path / "contexts"
-    first = _root(_remote(tmp_path / "spec.yml", contexts))
-    inode = os.stat(first / "a.txt").st_ino
-    assert _root(_remote(tmp_path / "spec.yml", contexts)) == first
-    assert os.stat(first / "a.txt").st_ino == inode  # not written again
-    assert os.listdir(contexts) == [first.name]
+    _remote(tmp_path / "spec.yml", tmp_path / "builds" / "b1.context")
+    assert os.listdir(tmp_path / "builds") == ["b1.context"]
 
 
-def test_concurrent_requests_for_one_context_share_one_folder(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+_names = st.sampled_from(["a", "b", "c.log", "D", "keep.txt", ".hidden"])
+_patterns = st.sampled_from(
+    ["*.log", "a", "b/", "!b/keep.txt", "**/c.log", "d", "!a/keep.txt", "b", "*", "!*.txt", "a/*"]
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(st.lists(_names, min_size=1, max_size=3).map("/".join), min_size=1, max_size=8),
+    st.lists(_patterns, max_size=4),
+    st.lists(_patterns, max_size=2),
+)
+def test_a_context_listed_in_memory_is_listed_as_on_disk(
+    tmp_path_factory: pytest.TempPathFactory,
+    paths: list[str],
+    dockerignore: list[str],
+    amlignore: list[str],
 ) -> None:
-    files = {f"ctx/d{i}/f{j}": f"{i}.{j}" for i in range(5) for j in range(10)}
-    _write(tmp_path, {**files, "spec.yml": "base_image: x\ncontext: ctx\n"})
-    request = request_from_file(tmp_path / "spec.yml")
-    contexts = tmp_path / "contexts"
-    barrier = threading.Barrier(8)
-    results: list[EnvironmentSpec | BaseException] = []
-    writers: list[Path] = []
-    write_tree = request_module._write_tree
-
-    def slow_write_tree(inside: dict[str, _Sent], root: Path) -> None:
-        writers.append(root)
-        write_tree(inside, root)
-        time.sleep(0.2)  # every thread is writing before the first one renames
-
-    monkeypatch.setattr(request_module, "_write_tree", slow_write_tree)
-
-    def resolve() -> None:
-        barrier.wait()
-        try:
-            results.append(spec_from_request(request, contexts=contexts, default_base=None))
-        except BaseException as exc:  # reported below, on the test's thread
-            results.append(exc)
-
-    threads = [threading.Thread(target=resolve) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    specs = [r for r in results if isinstance(r, EnvironmentSpec)]
-    assert len(specs) == 8, results
-    assert len({compute_key(s) for s in specs}) == 1
-    assert compute_key(specs[0]) == compute_key(load_spec(tmp_path / "spec.yml"))
-    assert len({s.context.root for s in specs if s.context is not None}) == 1
-    assert len(writers) == 8  # they did race: each wrote a copy, and one copy won
-    assert len(os.listdir(contexts)) == 1  # no temporary folder left behind
+    """The service lists a request's context in memory; the client listed it on disk. Whatever
+    the tree and ignore rules, the two lists are the same."""
+    root = tmp_path_factory.mktemp("tree") / "ctx"
+    root.mkdir()
+    for rel in paths:
+        path = root / rel
+        if any(p.is_file() for p in [path, *path.parents] if p != root and p.is_relative_to(root)):
+            continue  # a file where a folder would go
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            path.write_text(rel)
+    (root / ".dockerignore").write_text("\n".join(dockerignore) + "\n")
+    if amlignore:
+        (root / ".amlignore").write_text("\n".join(amlignore) + "\n")
+    on_disk = scan_context(root)
+    sent: dict[str, _Sent] = {}
+    for rel in sorted(p.relative_to(root).as_posix() for p in root.rglob("*")):
+        mode = stat.S_IMODE(os.lstat(root / rel).st_mode)
+        if (root / rel).is_dir():
+            sent[rel] = _Sent(len(sent), "dir", mode)
+        else:
+            data = (root / rel).read_bytes()
+            sent[rel] = _Sent(len(sent), "file", mode, data, xxhash.xxh3_128_hexdigest(data))
+    assert request_module._list(sent, "").entries == on_disk.entries
 
 
 _parts = st.sampled_from(["..", ".", "a", "b", "l", "m", ""])

@@ -150,6 +150,37 @@ def test_token_secret_stored_only_as_its_hash(store: BuildStore, url: str) -> No
             assert secret.encode() not in path.read_bytes()
 
 
+def _files(*texts: bytes) -> dict[str, bytes]:
+    return {hashlib.sha256(t).hexdigest(): t for t in texts}
+
+
+def test_request_files_are_kept_once_while_a_build_needs_them(store: BuildStore, url: str) -> None:
+    big, small, other = b"x" * (3 << 20), b"small", b"other"
+    first, _ = store.open_build("ws", "k1", {"n": 1}, files=_files(big, small))
+    second, _ = store.open_build("ws", "k2", {"n": 2}, files=_files(big, other))
+    joined, created = store.open_build("ws", "k1", {"n": 3}, files=_files(b"never stored"))
+    assert (joined.id, created) == (first.id, False)
+    assert store.build_files(first.id) == _files(big, small)
+    assert store.build_files(second.id) == _files(big, other)
+    assert len(rows(url, "request_files")) == 3  # the shared file once; the joiner's not at all
+    # the build row holds the request, never the files' bytes
+    assert all(len(repr(row)) < 1000 for row in rows(url, "builds"))
+    # nothing an active build needs is swept, however old
+    assert store.sweep_files(unused_for=0) == 0
+    claimed = store.claim_next("w", lease_seconds=60, max_running=5)
+    assert claimed is not None
+    assert claimed.id == first.id
+    assert store.finish(first.id, "w", "succeeded", image="i", digest="d", source="built")
+    assert store.build_files(first.id) == {}
+    assert store.sweep_files(unused_for=3600) == 0  # used a moment ago: kept a while
+    assert store.sweep_files(unused_for=0) == 1  # `small`: `big` is still the second's
+    assert store.build_files(second.id) == _files(big, other)
+    # a file stored again is the same row, marked used again
+    third, _ = store.open_build("ws", "k3", {}, files=_files(small, big))
+    assert store.build_files(third.id) == _files(small, big)
+    assert len(rows(url, "request_files")) == 3
+
+
 def test_open_build_creates_then_joins(store: BuildStore) -> None:
     request = {"spec": {"conda": ["python=3.11"], "note": "é"}, "n": [1, 2.5, None]}
     build, created = store.open_build("ws", "k", request)

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import io
 import json
+import os
+import tarfile
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -21,7 +24,7 @@ import pytest
 from docker import APIClient
 from docker.errors import ImageNotFound, NotFound
 
-from builder.docker import DockerBuilder, Network, write_context
+from builder.docker import DockerBuilder, Network, _Canceller, _tar, write_context
 from builder.errors import BuildTimeout, EngineUnavailable, StepFailed
 from builder.render import BuildContext, env_prefix, render
 from builder.stream import JsonLog
@@ -366,3 +369,18 @@ def test_write_context_writes_the_dockerfile_and_requirements(tmp_path: Path) ->
     write_context(context, tmp_path / "ctx")
     assert (tmp_path / "ctx" / "Dockerfile").read_text() == "FROM x\n"
     assert (tmp_path / "ctx" / ".envctl" / "pip" / "requirements.txt").read_text() == "numpy==2\n"
+
+
+def test_the_context_archive_carries_the_listed_modes(tmp_path: Path) -> None:
+    """The host's copy of a context has no setuid bits; the archive has the modes that were
+    keyed, as the Docker CLI would send the user's own files."""
+    (tmp_path / "ctx").mkdir()
+    (tmp_path / "ctx" / "tool").write_text("x")
+    os.symlink("tool", tmp_path / "ctx" / "link")
+    archive = io.BytesIO()
+    modes = {"ctx": 0o1777, "ctx/tool": 0o4755, "ctx/link": 0o600}
+    _tar(tmp_path, archive, _Canceller(time.monotonic() + 60), modes)
+    archive.seek(0)
+    with tarfile.open(fileobj=archive) as tar:
+        got = {m.name: (m.mode, m.uid, m.uname) for m in tar.getmembers()}
+    assert got == {"ctx": (0o1777, 0, ""), "ctx/tool": (0o4755, 0, ""), "ctx/link": (0o777, 0, "")}

@@ -154,3 +154,40 @@ def test_hostile_bodies_are_422(
         answer = http.post(path, content=body, headers={"Content-Type": "application/json"})
         assert answer.status_code == 422, (path, answer.text)
         assert answer.json()["kind"] == "invalid", answer.text
+
+
+def _context_body(*files: dict[str, Any]) -> dict[str, Any]:
+    spec = "base_image: busybox\ncontext: ctx\ndocker_steps: COPY . /ctx\n"
+    return {"spec": spec, "files": [{"path": "ctx", "kind": "dir", "mode": 0o755}, *files]}
+
+
+_DEEP = ["ctx" + "/d" * depth for depth in range(1, 2101)]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (_context_body({"path": "ctx/" + "n" * 5000}), "files[1].path"),
+        (
+            _context_body(
+                {"path": "ctx/l", "kind": "symlink", "mode": 0o777, "target": "t" * 5000}
+            ),
+            "files[1].target",
+        ),
+        (
+            _context_body(*({"path": p, "kind": "dir", "mode": 0o755} for p in _DEEP)),
+            "files[511].path",
+        ),
+    ],
+    ids=["5kB-file-name", "5000-character-link-target", "2100-nested-folders"],
+)
+def test_request_files_the_host_cannot_hold_are_422_and_leave_nothing(
+    served: tuple[EnvctlServer, Tenant, Path, httpx.Client], body: dict[str, Any], field: str
+) -> None:
+    _, tenant, root, http = served
+    before = sorted((root / "home").rglob("*"))
+    for path in ("/v1/hash", f"/v1/workspaces/{tenant.name}/resolve"):
+        answer = http.post(path, json=body)
+        assert answer.status_code == 422, (path, answer.text[:500])
+        assert answer.json()["source"] == field, answer.text[:500]
+    assert sorted((root / "home").rglob("*")) == before
