@@ -121,6 +121,7 @@ class EnvironmentService:
             memory=settings.build_memory,
             cpus=settings.build_cpus,
             network=settings.build_network,  # type: ignore[arg-type]
+            cgroup_parent=settings.build_cgroup_parent,
         )
         default = settings.default_base_image
         self._default_base = (

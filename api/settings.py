@@ -15,8 +15,11 @@ passed down. Environment variables win over the file.
     ENVCTL_CHANNELS                comma-separated conda channels (URLs or names), in priority
                                    order; they replace the spec's own channels
     ENVCTL_BUILD_TIMEOUT           seconds of running time a build may take (default 3600)
-    ENVCTL_BUILD_MEMORY            memory limit of build steps in bytes, or with k/m/g
-    ENVCTL_BUILD_CPUS              CPU limit of build steps (e.g. 1.5)
+    ENVCTL_BUILD_MEMORY            memory limit of each build step in bytes, or with k/m/g, no
+                                   swap on top (default 4g; 0: none)
+    ENVCTL_BUILD_CPUS              CPU limit of each build step (default 2; e.g. 1.5; 0: none)
+    ENVCTL_BUILD_CGROUP_PARENT     the cgroup build steps run under (the engine's default if
+                                   unset): give it a pids.max to bound their processes
     ENVCTL_BUILD_NETWORK           network of build steps: none (the default), default (the
                                    engine's bridge: the internet and whatever the host routes
                                    to) or host (the host's own, loopback services included)
@@ -60,6 +63,11 @@ from hashing.validate import validate
 from hashing.yamldoc import load_yaml
 from registry.auth import Credentials
 
+# Each build step's limits unless the operator says otherwise: enough for a compile-heavy pip or
+# conda step, and a bound on what one tenant's step takes from the engine's host.
+DEFAULT_BUILD_MEMORY = 4 << 30
+DEFAULT_BUILD_CPUS = 2.0
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -75,8 +83,9 @@ class Settings:
     home: Path = Path(".envctl")
     channels: tuple[str, ...] = ()
     build_timeout: float = 3600.0
-    build_memory: int | None = None
-    build_cpus: float | None = None
+    build_memory: int | None = DEFAULT_BUILD_MEMORY
+    build_cpus: float | None = DEFAULT_BUILD_CPUS
+    build_cgroup_parent: str | None = None
     build_network: str = "none"
     allowed_base_registries: tuple[str, ...] = ()
     allow_url_sources: bool = False
@@ -124,8 +133,13 @@ class Settings:
             home=Path(env.get("ENVCTL_HOME") or _data_home(env) / "envctl"),
             channels=_list(env.get("ENVCTL_CHANNELS", "")),
             build_timeout=_number(env, "ENVCTL_BUILD_TIMEOUT", 3600.0),
-            build_memory=_bytes(env.get("ENVCTL_BUILD_MEMORY")),
-            build_cpus=_number(env, "ENVCTL_BUILD_CPUS", None),
+            build_memory=_limit(
+                _bytes(env.get("ENVCTL_BUILD_MEMORY")), DEFAULT_BUILD_MEMORY, "ENVCTL_BUILD_MEMORY"
+            ),
+            build_cpus=_limit(
+                _number(env, "ENVCTL_BUILD_CPUS", None), DEFAULT_BUILD_CPUS, "ENVCTL_BUILD_CPUS"
+            ),
+            build_cgroup_parent=env.get("ENVCTL_BUILD_CGROUP_PARENT") or None,
             build_network=_network(env.get("ENVCTL_BUILD_NETWORK") or "none"),
             allowed_base_registries=_list(env.get("ENVCTL_ALLOWED_BASE_REGISTRIES", "")),
             allow_url_sources=_flag(env, "ENVCTL_ALLOW_URL_SOURCES"),
@@ -217,6 +231,15 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
     if text not in ("0", "1", "true", "false", "yes", "no"):
         raise SpecError(f"{text!r}: use 1 or 0", source=name)
     return text in ("1", "true", "yes")
+
+
+def _limit(value: Any, default: Any, name: str) -> Any:
+    """A resource limit from the environment: unset is the default, 0 is no limit."""
+    if value is None:
+        return default
+    if value < 0:
+        raise SpecError(f"a limit cannot be negative: {value}", source=name)
+    return None if value == 0 else value
 
 
 def _number(env: Mapping[str, str], name: str, default: float | None) -> Any:

@@ -80,9 +80,12 @@ class DockerBuilder:
         cpus: float | None,
         network: Network,
         pull: bool = False,
+        cgroup_parent: str | None = None,
     ) -> None:
         """`timeout`: seconds a build may run; `memory` (bytes, no swap on top) and `cpus` limit
-        each RUN; `network` is the RUNs' network; `pull` pulls the base even when present."""
+        each RUN; `network` is the RUNs' network; `pull` pulls the base even when present;
+        `cgroup_parent` is the cgroup the RUNs' containers are made in (the classic builder
+        has no pids limit of its own: a pids.max on that cgroup bounds them all)."""
         self.base_url = base_url
         self.timeout = timeout
         self._params: dict[str, Any] = {"rm": 1, "forcerm": 1, "pull": int(pull)}
@@ -91,6 +94,8 @@ class DockerBuilder:
             self._params |= {"memory": memory, "memswap": memory}
         if cpus is not None:
             self._params |= {"cpuperiod": _CPU_PERIOD, "cpuquota": round(cpus * _CPU_PERIOD)}
+        if cgroup_parent:
+            self._params["cgroupparent"] = cgroup_parent
         self._api = docker.APIClient(base_url=base_url, version=API_VERSION, timeout=_API_TIMEOUT)
 
     def close(self) -> None:

@@ -98,9 +98,15 @@ def _builder(
     memory: int | None = None,
     cpus: float | None = None,
     network: Network = "none",
+    cgroup_parent: str | None = None,
 ) -> DockerBuilder:
     return DockerBuilder(
-        base_url=services.docker_host, timeout=timeout, memory=memory, cpus=cpus, network=network
+        base_url=services.docker_host,
+        timeout=timeout,
+        memory=memory,
+        cpus=cpus,
+        network=network,
+        cgroup_parent=cgroup_parent,
     )
 
 
@@ -264,6 +270,46 @@ def test_limits_apply_to_each_run(
     _builder(services, memory=64 << 20, cpus=0.5).build(ctx, tag=tag, labels={}, on_log=log)
     assert str(64 << 20) in log.lines
     assert "50000" in log.lines or "50000 100000" in log.lines
+
+
+@contextlib.contextmanager
+def _pids_cgroup(limit: int) -> Iterator[str]:
+    """A cgroup of the local engine's host whose processes are at most `limit` (cgroup v1 or
+    v2, the cgroupfs driver of scripts/services' engine); its name, relative to the root."""
+    name = f"envctl-test-{uuid.uuid4().hex[:8]}"
+    root = Path("/sys/fs/cgroup")
+    pids = root / "pids" if (root / "pids").is_dir() else root  # v1: a hierarchy per controller
+    (pids / name).mkdir()
+    try:
+        (pids / name / "pids.max").write_text(f"{limit}\n")
+        yield name
+    finally:  # the engine made the same folder in every other hierarchy
+        for folder in [pids / name, *(d / name for d in root.iterdir() if d != pids)]:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+def test_a_pids_limit_on_the_cgroup_parent_bounds_the_steps(
+    services: Services, base: ImageName, tags: list[str], tmp_path: Path
+) -> None:
+    """The classic builder has no pids limit; ENVCTL_BUILD_CGROUP_PARENT puts the steps in a
+    cgroup whose pids.max holds: a step starting 200 processes fails under a limit of 40 (the
+    shell cannot fork), and runs without it."""
+    fork = (
+        "RUN for i in $(seq 200); do sleep 60 & done; echo procs $(ls /proc | grep -c '^[0-9]')\n"
+    )
+    ctx, _ = _context(tmp_path, _spec(base, fork))
+    tag = _tag(services, "pids")
+    tags.append(tag)
+    with _pids_cgroup(40) as parent, pytest.raises(StepFailed) as info:
+        _builder(services, cgroup_parent=f"/{parent}").build(
+            ctx, tag=tag, labels={}, on_log=Recorder()
+        )
+    assert "returned a non-zero code" in info.value.log_tail
+    log = Recorder()
+    _builder(services).build(ctx, tag=tag, labels={}, on_log=log)
+    (procs,) = [int(line.split()[1]) for line in log.lines if line.startswith("procs ")]
+    assert procs > 200
 
 
 @pytest.mark.parametrize(("network", "only_loopback"), [("none", True), ("host", False)])
