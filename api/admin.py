@@ -6,6 +6,7 @@ server's host does; runners only ever see the HTTP API.
 from __future__ import annotations
 
 import re
+import sys
 from typing import Annotated
 
 import typer
@@ -18,6 +19,7 @@ from api.records import Workspace
 from api.settings import Settings
 from api.store import BuildStore, WorkspaceExists
 from hashing import SpecError, goparse
+from registry.auth import Credentials
 from registry.open import open_registry
 
 WORKSPACE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
@@ -115,6 +117,55 @@ def workspace_add(
     out.print(f"workspace {escape(workspace.name)}: {escape(workspace.registry)}", style="bold")
     out.print("token (shown once; store it as ENVCTL_TOKEN):")
     print(secret)
+
+
+@workspace_app.command("login")
+def workspace_login(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The workspace.")],
+    username: Annotated[str, typer.Option("--username", help="The registry user.")],
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input.")
+    ] = False,
+) -> None:
+    """Give a workspace its own credentials for its registry: its pushes, lookups and the
+    engine's pulls from that registry use them, and no other workspace's build does. The
+    password is read from standard input, never from the command line."""
+    store = BuildStore(_settings(ctx).database)
+    try:
+        known = store.get_workspace(name) is not None
+    finally:
+        store.close()
+    if not known:
+        raise SpecError(f"no workspace {name!r}", source="NAME")
+    if not password_stdin:
+        raise SpecError(
+            "give the password on standard input with --password-stdin", source="--password-stdin"
+        )
+    password = sys.stdin.readline().rstrip("\r\n")
+    if not username or not password:
+        raise SpecError("a username and a password, both non-empty", source="--username")
+    _set_credentials(ctx, name, Credentials(username, password))
+    out.print(f"workspace {escape(name)}: credentials of {escape(username)!r} stored")
+
+
+@workspace_app.command("logout")
+def workspace_logout(
+    ctx: typer.Context, name: Annotated[str, typer.Argument(help="The workspace.")]
+) -> None:
+    """Take a workspace's own registry credentials away (it uses the service's again)."""
+    _set_credentials(ctx, name, None)
+    out.print(f"workspace {escape(name)}: credentials removed")
+
+
+def _set_credentials(ctx: typer.Context, name: str, credentials: Credentials | None) -> None:
+    store = BuildStore(_settings(ctx).database)
+    try:
+        store.set_credentials(name, credentials)
+    except LookupError:
+        raise SpecError(f"no workspace {name!r}", source="NAME") from None
+    finally:
+        store.close()
 
 
 @workspace_app.command("list")

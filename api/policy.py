@@ -18,7 +18,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -111,7 +111,7 @@ class SourcePolicy:
     def _check_step(self, step: DockerStep) -> None:
         kind = step.sub_instruction or step.instruction
         where = (step.source or None, step.line or None)
-        for name, value in _image_flags(step):
+        for name, value in step.image_flags():
             if "$" in value:
                 raise SpecError(
                     f"{kind} {name} uses a variable; write the image out",
@@ -184,20 +184,6 @@ def shared_sources(settings: Settings, default_base: ImageName | None) -> tuple[
     if default_base is not None:
         shared.append(Prefix(default_base.domain, default_base.repository))
     return tuple(shared)
-
-
-def _image_flags(step: DockerStep) -> Iterator[tuple[str, str]]:
-    """The images a step's flags name: `--from=` of COPY/ADD, `from=` of a RUN mount."""
-    kind = step.sub_instruction or step.instruction
-    for flag in step.flags:
-        name, _, value = flag.partition("=")
-        if name == "--from" and kind in ("COPY", "ADD"):
-            yield "--from", value
-        elif name == "--mount" and kind == "RUN":
-            for option in value.split(","):
-                key, _, item = option.partition("=")
-                if key.strip().lower() == "from":
-                    yield "--mount from", item.strip()
 
 
 def _is_remote(source: str) -> bool:

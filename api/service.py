@@ -127,7 +127,9 @@ class EnvironmentService:
         self._default_base = (
             None if default is None else parse_image_at(default, "ENVCTL_BASE_IMAGE")
         )
-        self.tenants = Tenants(settings, store, self.engine, workspaces, self._default_base)
+        self.tenants = Tenants(
+            settings, store, self.engine, workspaces, self._default_base, policed=policed
+        )
         self._specs: Memo[EnvironmentSpec] = Memo(SPEC_MEMO)
         self._keys: Memo[tuple[str, EnvKey]] = Memo(SPEC_MEMO)  # (base digest, key)
         self._policies: dict[str, tuple[float, SourcePolicy]] = {}

@@ -33,6 +33,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.types import TypeDecorator
 
 from api.records import ACTIVE, BuildRecord, BuildStatus, LogLine, Token, Workspace
+from registry.auth import Credentials
 
 # PostgreSQL advisory lock keys (any two bigints of our own): one for creating the tables, one
 # that serializes claims. Claims are rare (a worker asks when it has a free slot) and short.
@@ -83,6 +84,18 @@ workspaces = sa.Table(
     sa.Column("name", sa.Text, primary_key=True),
     sa.Column("registry", sa.Text, nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False),
+)
+
+# A workspace's own credentials for its registry, when the operator gave it some: its pushes,
+# its lookups and the engine's pulls from that registry use them, and no other workspace's
+# build ever does. Kept as the Docker config keeps them: protect the database as you would it.
+workspace_credentials = sa.Table(
+    "workspace_credentials",
+    metadata,
+    sa.Column("workspace", sa.Text, sa.ForeignKey("workspaces.name"), primary_key=True),
+    sa.Column("username", sa.Text, nullable=False),
+    sa.Column("password", sa.Text, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
 )
 
 tokens = sa.Table(
@@ -286,6 +299,38 @@ class BuildStore:
         with self._engine.begin() as conn:
             rows = conn.execute(sa.select(workspaces).order_by(workspaces.c.name)).mappings()
             return [Workspace(**row) for row in rows]
+
+    def set_credentials(self, workspace: str, credentials: Credentials | None) -> None:
+        """Give a workspace its own registry credentials (None: take them away). LookupError
+        for an unknown workspace."""
+        with self._writer.begin() as conn:
+            if (
+                conn.execute(
+                    sa.select(workspaces.c.name).where(workspaces.c.name == workspace)
+                ).first()
+                is None
+            ):
+                raise LookupError(f"no workspace {workspace!r}")
+            conn.execute(
+                sa.delete(workspace_credentials).where(
+                    workspace_credentials.c.workspace == workspace
+                )
+            )
+            if credentials is not None:
+                values = {"username": credentials.username, "password": credentials.password}
+                conn.execute(
+                    sa.insert(workspace_credentials).values(
+                        workspace=workspace, updated_at=_now(), **values
+                    )
+                )
+
+    def get_credentials(self, workspace: str) -> Credentials | None:
+        """A workspace's own registry credentials, if it has any."""
+        query = sa.select(workspace_credentials.c.username, workspace_credentials.c.password)
+        query = query.where(workspace_credentials.c.workspace == workspace)
+        with self._engine.begin() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else Credentials(row.username, row.password)
 
     def add_token(self, workspace: str | None, *, admin: bool = False) -> tuple[Token, str]:
         """A new token for `workspace` (None with admin=True): its record and its secret, which

@@ -3,6 +3,7 @@ and its resolver, opened on first use and kept open, since the confirmed hits li
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -19,8 +20,9 @@ from builder.docker import DockerBuilder
 from builder.pipeline import BuildConfig, DockerImageBuilder
 from builder.resolve import Resolver
 from hashing import EnvKey, ImageName
-from registry.auth import Credentials
+from registry.auth import Credentials, docker_config_credentials
 from registry.base import Registry
+from registry.digests import DigestResolver
 from registry.open import open_registry, open_tiers
 from registry.store import StoreRegistry
 
@@ -47,8 +49,13 @@ class Tenants:
         engine: DockerBuilder,
         fixed: Mapping[str, Workspace] | None = None,
         default_base: ImageName | None = None,
+        *,
+        policed: bool = True,
     ) -> None:
+        """`policed=False` (the embedded CLI): builds pull as the host's user would, with every
+        credential of the Docker config, and need not prove their access first."""
         self.settings = settings
+        self._policed = policed
         self._default_base = default_base
         self._store = store
         self._engine = engine
@@ -104,23 +111,60 @@ class Tenants:
     def _tenant(self, workspace: Workspace) -> Tenant:
         s = self.settings
         is_global = workspace.name == GLOBAL_WORKSPACE
-        own = self._registry(
-            workspace.registry, s.global_credentials if is_global else s.workspace_credentials
-        )
+        credentials = self._credentials(workspace)
+        own = self._registry(workspace.registry, credentials)
         closers = [own.close]
         global_ = None
         if s.global_registry and not is_global:
             global_ = self._registry(s.global_registry, s.global_credentials)
             closers.append(global_.close)
         tiers = open_tiers(own, global_)
-        config = BuildConfig(
-            s.home,
-            s.global_credentials if is_global else None,
-            pull_registries=self._pull_registries(workspace),
-        )
+        pull_credentials = self._pull_credentials(workspace, credentials)
+        if self._policed:
+            pull_registries = self._pull_registries(workspace)
+            reader = DigestResolver(
+                insecure=s.insecure_registries,
+                timeout=s.registry_timeout,
+                credentials=functools.partial(_pull_source, pull_registries, pull_credentials),
+            )
+            closers.append(reader.close)
+            config = BuildConfig(
+                s.home,
+                credentials,
+                pull_registries=pull_registries,
+                pull_credentials=pull_credentials,
+                confirm_read=reader.confirm,
+            )
+        else:
+            config = BuildConfig(s.home, credentials, pull_credentials=pull_credentials)
         builder = DockerImageBuilder(own, self._engine, config)
         state = s.home / "workspaces" / workspace.name
         return Tenant(tiers, Resolver(tiers, builder, state=state), closers)
+
+    def _credentials(self, workspace: Workspace) -> Credentials | None:
+        """What a workspace reaches its own registry with: its own credentials if the operator
+        gave it some (`envctl workspace login`), else the service's for that tier (None: the
+        Docker config's, as the engine finds them)."""
+        if workspace.name == GLOBAL_WORKSPACE:
+            return self.settings.global_credentials
+        if self._fixed is None:
+            own = self._store.get_credentials(workspace.name)
+            if own is not None:
+                return own
+        return self.settings.workspace_credentials
+
+    def _pull_credentials(
+        self, workspace: Workspace, own: Credentials | None
+    ) -> dict[str, Credentials]:
+        """The credentials (by host) a workspace's build pulls with in place of the Docker
+        config's: its own for its registry, the service's for the global registry."""
+        pulls: dict[str, Credentials] = {}
+        s = self.settings
+        if s.global_registry and s.global_credentials is not None:
+            pulls[Prefix.parse(s.global_registry).domain] = s.global_credentials
+        if own is not None and not workspace.registry.startswith("oci:"):
+            pulls[Prefix.parse(workspace.registry).domain] = own
+        return pulls
 
     def _pull_registries(self, workspace: Workspace) -> tuple[str, ...]:
         """The hosts whose credentials a workspace's build may use: its own registry's and
@@ -137,6 +181,16 @@ class Tenants:
             insecure=s.insecure_registries,
             timeout=s.registry_timeout,
         )
+
+
+def _pull_source(
+    registries: tuple[str, ...], given: Mapping[str, Credentials], host: str
+) -> Credentials | None:
+    """The credentials a workspace's build pulls from `host` with, as the engine gets them:
+    its own or the service's where given, the Docker config's for the hosts it may read."""
+    if host in given:
+        return given[host]
+    return docker_config_credentials(host) if host in registries else None
 
 
 class Memo(Generic[T]):

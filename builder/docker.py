@@ -40,6 +40,7 @@ import requests
 from builder.errors import BuildError, BuildTimeout, EngineUnavailable, StepFailed
 from builder.render import REQUIREMENTS_FILE, BuildContext
 from builder.stream import JsonLog, OnLog
+from registry.auth import Credentials
 from registry.errors import RegistryAuthError, RegistryUnavailable
 
 API_VERSION = "1.41"
@@ -120,12 +121,14 @@ class DockerBuilder:
         dockerfile: str = "Dockerfile",
         registries: Collection[str] | None = None,
         modes: Mapping[str, int] | None = None,
+        credentials: Mapping[str, Credentials] | None = None,
     ) -> str:
         """Build `context_dir` (holding `dockerfile`) into an image tagged `tag`; its image id.
 
         Each log line goes to `on_log` as the engine sends it. `labels` are added to the image
         on top of the Dockerfile's. The engine pulls with the Docker config's credentials for
-        `registries` (hosts) only; None: all of them (a user's own CLI). `modes` gives the
+        `registries` (hosts) only; None: all of them (a user's own CLI); `credentials` (by
+        host) replace the Docker config's for their hosts. `modes` gives the
         permission bits (setuid and the like included) of context paths, whatever the files on
         the host have. Raises StepFailed,
         BuildTimeout, EngineUnavailable or BuildError; a failed build leaves no tag.
@@ -137,7 +140,12 @@ class DockerBuilder:
                 _tar(context_dir, archive, cancel, modes or {})
                 body = _DeadlineReader(archive, cancel)
                 response = self._post_build(
-                    body, tag=tag, labels=labels, dockerfile=dockerfile, registries=registries
+                    body,
+                    tag=tag,
+                    labels=labels,
+                    dockerfile=dockerfile,
+                    registries=registries,
+                    credentials=credentials or {},
                 )
                 try:
                     cancel.attach(response)
@@ -255,19 +263,16 @@ class DockerBuilder:
         labels: Mapping[str, str],
         dockerfile: str,
         registries: Collection[str] | None,
+        credentials: Mapping[str, Credentials],
     ) -> requests.Response:
         params = {**self._params, "t": tag, "dockerfile": dockerfile}
         if labels:
             params["labels"] = json.dumps(dict(labels), sort_keys=True)
         headers = {"Content-Type": "application/x-tar"}
         # credentials for pulling the base image, sent the way the docker CLI sends them
-        config = docker.auth.load_config()
-        credentials = config.get_all_credentials()  # type: ignore[no-untyped-call]
-        if registries is not None:  # a workspace's build: never another registry's credentials
-            hosts = {_registry_host(r) for r in registries}
-            credentials = {k: v for k, v in credentials.items() if _registry_host(k) in hosts}
-        if credentials:
-            headers["X-Registry-Config"] = docker.auth.encode_header(credentials).decode()
+        auths = _auths(registries, credentials)
+        if auths:
+            headers["X-Registry-Config"] = docker.auth.encode_header(auths).decode()
         # No read timeout: a RUN may be silent for long; the _Canceller enforces the deadline.
         return self._api.post(
             f"{self._api.base_url}/v{API_VERSION}/build",
@@ -302,6 +307,23 @@ class DockerBuilder:
         except docker.errors.NotFound:
             return False
         return True
+
+
+def _auths(
+    registries: Collection[str] | None, credentials: Mapping[str, Credentials]
+) -> dict[str, dict[str, str]]:
+    """Docker auth configs by registry: the Docker config's for `registries` only (None: all of
+    them, as for a user's own CLI), with `credentials` (by host) in place of theirs."""
+    config = docker.auth.load_config()
+    auths: dict[str, dict[str, str]] = config.get_all_credentials()  # type: ignore[no-untyped-call]
+    if registries is not None:  # a workspace's build: never another registry's credentials
+        hosts = {_registry_host(r) for r in registries}
+        auths = {k: v for k, v in auths.items() if _registry_host(k) in hosts}
+    given = {_registry_host(h) for h in credentials}
+    auths = {k: v for k, v in auths.items() if _registry_host(k) not in given}
+    for host, c in credentials.items():
+        auths[host] = {"username": c.username, "password": c.password, "serveraddress": host}
+    return auths
 
 
 def _registry_host(name: str) -> str:

@@ -18,8 +18,8 @@ import contextlib
 import functools
 import shutil
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from builder import pip
@@ -30,7 +30,14 @@ from builder.docker import DockerBuilder, write_context
 from builder.errors import BuildError, DiskFull, disk_full
 from builder.render import ENV_DIR, WHEELS_DIR, env_prefix, render
 from builder.resolve import OnEvent
-from hashing import EnvironmentSpec, EnvKey, canonical_json
+from hashing import (
+    EnvironmentSpec,
+    EnvKey,
+    ImageName,
+    InvalidReference,
+    canonical_json,
+    parse_image,
+)
 from registry.auth import Credentials
 from registry.base import ImageRef
 from registry.metadata import EnvMetadata
@@ -50,6 +57,13 @@ class BuildConfig:
     # Docker config holds, as for a user's own CLI); a service gives a workspace's build only
     # its own, the global registry's and the operator's allowed ones
     pull_registries: tuple[str, ...] | None = None
+    # credentials the engine pulls with from these hosts, in place of the Docker config's: a
+    # workspace's own for its registry (api.store.workspace_credentials)
+    pull_credentials: Mapping[str, Credentials] = field(default_factory=dict)
+    # raises unless the workspace may read an image with exactly those credentials: the engine
+    # serves an image any earlier build pulled without asking the registry again, so a build
+    # of a shared service proves its access to every image it reads before the engine runs
+    confirm_read: Callable[[ImageName], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -158,7 +172,11 @@ class DockerImageBuilder:
             on_log=on_log,
             build_id=build_id,
             registries=self._config.pull_registries,
+            credentials=self._config.pull_credentials,
         )
+        if self._config.confirm_read is not None:  # a workspace's build on a shared engine
+            for image in _images_read(spec):
+                self._config.confirm_read(image)
         if not _reads_context(spec):  # nothing can see envctl's files: one build will do
             environment = folder / "environment"
             full = render(spec, key, locks.conda, pip_lock=locks.pip, version=VERSION)
@@ -253,6 +271,21 @@ def _sweep(builds: Path, *, older_than: float) -> None:
         with contextlib.suppress(OSError):  # another process may be sweeping it too
             if folder.stat().st_mtime < deadline:
                 shutil.rmtree(folder)
+
+
+def _images_read(spec: EnvironmentSpec) -> list[ImageName]:
+    """The images a build reads: its base, and those its steps copy or mount from (a stage
+    index, or a name the source policy would refuse, is left to the build to report)."""
+    images = [spec.base_image]
+    for step in spec.docker_steps:
+        if step.instruction == "ONBUILD":
+            continue  # runs where the image is used as a base, not here
+        for _, value in step.image_flags():
+            if value.isdigit() or "$" in value:
+                continue
+            with contextlib.suppress(InvalidReference):
+                images.append(parse_image(value))
+    return list(dict.fromkeys(images))
 
 
 def _reads_context(spec: EnvironmentSpec) -> bool:

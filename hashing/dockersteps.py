@@ -62,6 +62,20 @@ class DockerStep:
             [list(h) for h in self.heredocs],
         ]
 
+    def image_flags(self) -> Iterator[tuple[str, str]]:
+        """The images this step's flags name, as (flag, value): `--from` of COPY/ADD (an image
+        or a stage index), `--mount from` of a RUN mount; ONBUILD's by its sub-instruction."""
+        kind = self.sub_instruction or self.instruction
+        for flag in self.flags:
+            name, _, value = flag.partition("=")
+            if name == "--from" and kind in ("COPY", "ADD"):
+                yield "--from", value
+            elif name == "--mount" and kind == "RUN":
+                for option in value.split(","):
+                    key, _, item = option.partition("=")
+                    if key.strip().lower() == "from":
+                        yield "--mount from", item.strip()
+
     def dockerfile_line(self) -> str:
         """The instruction written from its parsed form, for a generated Dockerfile.
 

@@ -91,6 +91,22 @@ class DigestResolver:
             return None
         return image.with_digest(seen[0])
 
+    def confirm(self, image: ImageName) -> None:
+        """Raise unless the registry serves `image` (by digest if pinned) to this resolver's
+        credentials: one HEAD, never remembered. RegistryAuthError when they are refused or
+        missing, BaseImageNotFound when it has no such image."""
+        reference = image.digest or image.tag or "latest"
+        url = f"{self._http.base_url(image.domain)}/v2/{image.repository}/manifests/{reference}"
+        response = self._http.request(
+            "HEAD",
+            url,
+            scopes=[repository_scope(image.repository, "pull")],
+            headers={"Accept": ", ".join(MANIFEST_TYPES)},
+        )
+        if response.status_code == 404:
+            raise BaseImageNotFound(f"image {image} not found", endpoint=url, status=404)
+        check(response, f"could not read {image}")
+
     def _head_digest(self, image: ImageName) -> str:
         url = f"{self._http.base_url(image.domain)}/v2/{image.repository}/manifests/{image.tag}"
         response = self._http.request(

@@ -225,11 +225,11 @@ class Deployment:
         self.servers.append(server)
         return server.start(wait=wait)
 
-    def envctl(self, *args: str) -> str:
-        """Run an envctl command with this deployment's environment (and database); its
-        stdout. In process, through the same typer app as the console script: a new Python
-        would spend two seconds importing envctl for each command."""
-        result = CliRunner().invoke(cli.app, list(args), env=self.env)
+    def envctl(self, *args: str, stdin: str | None = None) -> str:
+        """Run an envctl command with this deployment's environment (and database), `stdin`
+        as its input; its stdout. In process, through the same typer app as the console
+        script: a new Python would spend two seconds importing envctl for each command."""
+        result = CliRunner().invoke(cli.app, list(args), env=self.env, input=stdin)
         if result.exit_code != 0:
             pytest.fail(
                 f"envctl {' '.join(args)} exited {result.exit_code}:\n"

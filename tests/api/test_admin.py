@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from api.cli import app
 from api.store import BuildStore
 from hashing import SpecError
+from registry.auth import Credentials
 from tests.conftest import Services
 
 ENVCTL = str(Path(__file__).parents[2] / ".venv" / "bin" / "envctl")
@@ -69,6 +70,11 @@ def test_tokens_are_added_listed_and_revoked_by_id(env: dict[str, str]) -> None:
         (["workspace", "add", "x", "--registry", "not a registry"], "not a registry"),
         (["token", "add"], "give a WORKSPACE, or --admin"),
         (["token", "add", "nobody"], "no workspace 'nobody'"),
+        (
+            ["workspace", "login", "nobody", "--username", "u", "--password-stdin"],
+            "no workspace 'nobody'",
+        ),
+        (["workspace", "login", "nobody", "--username", "u"], "no workspace 'nobody'"),
     ],
 )
 def test_bad_operator_input_is_refused_with_what_was_wrong(
@@ -91,3 +97,24 @@ def test_a_taken_workspace_name_exits_2_and_says_so(env: dict[str, str]) -> None
     )
     assert again.returncode == 2, again.stderr
     assert "workspace 'team-a' already exists" in again.stderr
+
+
+def test_a_workspaces_credentials_come_from_stdin_and_never_show(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    cli = CliRunner()
+    assert cli.invoke(app, ["workspace", "add", "team-a"], env=env).exit_code == 0
+    bare = cli.invoke(app, ["workspace", "login", "team-a", "--username", "alice"], env=env)
+    assert isinstance(bare.exception, SpecError)  # never a password on the command line
+    assert "--password-stdin" in str(bare.exception)
+    args = ["workspace", "login", "team-a", "--username", "alice", "--password-stdin"]
+    result = cli.invoke(app, args, env=env, input="s3cret pass\n")
+    assert result.exit_code == 0, result.output
+    assert "s3cret" not in result.output
+    store = BuildStore(f"sqlite:///{tmp_path / 'home' / 'envctl.db'}")
+    try:
+        assert store.get_credentials("team-a") == Credentials("alice", "s3cret pass")
+        assert cli.invoke(app, ["workspace", "logout", "team-a"], env=env).exit_code == 0
+        assert store.get_credentials("team-a") is None
+    finally:
+        store.close()

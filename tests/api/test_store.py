@@ -21,6 +21,7 @@ import sqlalchemy as sa
 
 from api.records import BuildRecord
 from api.store import BuildStore, QueueLimit, WorkspaceExists
+from registry.auth import Credentials
 from tests.conftest import Services
 
 T = TypeVar("T")
@@ -464,3 +465,17 @@ def test_stores_on_one_database_share_it(store: BuildStore, url: str) -> None:
         assert store.running() == [claimed]
     finally:
         second.close()
+
+
+def test_a_workspaces_own_credentials_are_set_replaced_and_removed(store: BuildStore) -> None:
+    store.add_workspace("ws", "127.0.0.1:1/ws")
+    store.add_workspace("other", "127.0.0.1:1/other")
+    assert store.get_credentials("ws") is None
+    store.set_credentials("ws", Credentials("alice", "one"))
+    store.set_credentials("ws", Credentials("alice", "two"))
+    assert store.get_credentials("ws") == Credentials("alice", "two")
+    assert store.get_credentials("other") is None
+    store.set_credentials("ws", None)
+    assert store.get_credentials("ws") is None
+    with pytest.raises(LookupError):
+        store.set_credentials("nobody", Credentials("x", "y"))

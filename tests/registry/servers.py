@@ -109,14 +109,19 @@ def _wait_until_answering(url: str, process: subprocess.Popen[bytes], log: Path)
     pytest.fail(f"registry at {url} did not answer in 10 s: {log.read_text()[-2000:]}")
 
 
+def htpasswd_registry(folder: Path, user: Credentials) -> Iterator[Served]:
+    """A registry with htpasswd auth whose one user is `user`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    hashed = bcrypt.hashpw(user.password.encode(), bcrypt.gensalt(rounds=4))  # fast, still bcrypt
+    (folder / "htpasswd").write_bytes(user.username.encode() + b":" + hashed + b"\n")
+    auth = f"  htpasswd:\n    realm: envctl-test\n    path: {folder / 'htpasswd'}\n"
+    yield from serve_registry(folder, auth)
+
+
 @pytest.fixture(scope="module")
 def basic_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """A registry with htpasswd auth; alice is its one user."""
-    folder = tmp_path_factory.mktemp("basic")
-    hashed = bcrypt.hashpw(ALICE.password.encode(), bcrypt.gensalt(rounds=4))  # fast, still bcrypt
-    (folder / "htpasswd").write_bytes(ALICE.username.encode() + b":" + hashed + b"\n")
-    auth = f"  htpasswd:\n    realm: envctl-test\n    path: {folder / 'htpasswd'}\n"
-    yield from serve_registry(folder, auth)
+    yield from htpasswd_registry(tmp_path_factory.mktemp("basic"), ALICE)
 
 
 # -- a real token service ----------------------------------------------------------------------
