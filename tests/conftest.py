@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from registry.auth import Credentials
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
 CORPUS = FIXTURES / "corpus" / "azureml-examples"
@@ -33,6 +35,12 @@ class Services:
     python_image: str  # the Debian base with python3 and pip (apt)
     channels: str  # the local conda channel's root URL, e.g. http://127.0.0.1:5003/
     database_url: str  # PostgreSQL for the build store: postgresql+psycopg://envctl@HOST:PORT/DB
+    # Two registries behind htpasswd, one per workspace, as a cloud gives each its own:
+    # `HOST:PORT` and the one user of each (named after its registry).
+    alpha_registry: str
+    alpha_credentials: Credentials
+    beta_registry: str
+    beta_credentials: Credentials
 
     @property
     def global_host(self) -> str:
@@ -80,6 +88,10 @@ def services() -> Services:
         python_image=_require("ENVCTL_TEST_PYTHON_IMAGE"),
         channels=_require("ENVCTL_CHANNELS"),
         database_url=_require("ENVCTL_TEST_DATABASE_URL"),
+        alpha_registry=_require("ENVCTL_TEST_ALPHA_REGISTRY"),
+        alpha_credentials=Credentials("alpha", _require("ENVCTL_TEST_ALPHA_PASSWORD")),
+        beta_registry=_require("ENVCTL_TEST_BETA_REGISTRY"),
+        beta_credentials=Credentials("beta", _require("ENVCTL_TEST_BETA_PASSWORD")),
     )
 
 

@@ -1,10 +1,10 @@
 """Each workspace reaches its registry with its own credentials, and no other workspace's build
-ever gets them (issue 9, item 1), through a real `envctl serve` and two real htpasswd
-registries: alice's holds workspace A's images, bob's workspace B's; the server's host has no
-Docker config credentials for either.
+ever gets them (issue 9, item 1), through a real `envctl serve` and the two htpasswd
+registries `scripts/services` starts: alpha holds workspace A's images, beta workspace B's; the
+server's host has no Docker config credentials for either.
 
-The operator allowed every workspace to read a base path in alice's registry (a shared base
-behind a password): A's build pulls it with alice's credentials; B's, which the source policy
+The operator allowed every workspace to read a base path in alpha (a shared base behind a
+password): A's build pulls it with alpha's credentials; B's, which the source policy
 lets through, is refused by the registry itself. The engine would have served B the image A's
 build pulled without asking the registry again: every build of a shared service first proves,
 with the credentials it would pull with, that it may read each image it reads."""
@@ -12,30 +12,13 @@ with the credentials it would pull with, that it may read each image it reads.""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from registry.auth import Credentials
 from registry.open import open_registry
 from tests.api.server import Deployment, EnvctlServer, Tenant, build_outcome, tenant_client
 from tests.conftest import Services
 from tests.registry.images import push_image
-from tests.registry.servers import Served, htpasswd_registry
-
-ALICE = Credentials("alice", "alice " + uuid.uuid4().hex)
-BOB = Credentials("bob", "bob " + uuid.uuid4().hex)
-
-
-@pytest.fixture(scope="module")
-def registries(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Served, Served]]:
-    alice = htpasswd_registry(tmp_path_factory.mktemp("alice"), ALICE)
-    bob = htpasswd_registry(tmp_path_factory.mktemp("bob"), BOB)
-    yield next(alice), next(bob)
-    for server in (alice, bob):
-        next(server, None)  # stops it
 
 
 def _resolve(server: EnvctlServer, tenant: Tenant, spec: str) -> dict[str, Any]:
@@ -47,11 +30,11 @@ def _resolve(server: EnvctlServer, tenant: Tenant, spec: str) -> dict[str, Any]:
 
 
 def test_a_workspace_never_builds_with_another_workspaces_credentials(
-    services: Services, registries: tuple[Served, Served], tmp_path: Path
+    services: Services, tmp_path: Path
 ) -> None:
-    alice, bob = registries
-    shared = f"{alice.host}/shared-{uuid.uuid4().hex[:8]}"
-    store = open_registry(shared, credentials=ALICE)
+    alpha, beta = services.alpha_credentials, services.beta_credentials
+    shared = f"{services.alpha_registry}/shared-{uuid.uuid4().hex[:8]}"
+    store = open_registry(shared, credentials=alpha)
     try:
         base = push_image(store, "1")
     finally:
@@ -62,9 +45,14 @@ def test_a_workspace_never_builds_with_another_workspaces_credentials(
         "DOCKER_CONFIG": str(tmp_path / "docker"),  # no credentials from the host
     }
     with Deployment(services, tmp_path / "deployment", env=env) as deployment:
-        homes = {"a": f"{alice.host}/a", "b": f"{bob.host}/b"}
+        # a run's own namespaces: the registries outlive it
+        run = uuid.uuid4().hex[:8]
+        homes = {
+            "a": f"{services.alpha_registry}/a-{run}",
+            "b": f"{services.beta_registry}/b-{run}",
+        }
         a, b = (deployment.workspace(name, registry=home) for name, home in homes.items())
-        for name, user in (("a", ALICE), ("b", BOB)):
+        for name, user in (("a", alpha), ("b", beta)):
             deployment.envctl("workspace", "login", name, "--username", user.username,
                               "--password-stdin", stdin=user.password + "\n")  # fmt: skip
         server = deployment.serve()
@@ -76,12 +64,12 @@ def test_a_workspace_never_builds_with_another_workspaces_credentials(
             assert outcome["status"] == "succeeded", outcome
             assert str(outcome["image"]).startswith(homes[tenant.name] + "/"), outcome
 
-        # the shared base behind alice's password: A pulls it, B is refused by the registry
+        # the shared base behind alpha's password: A pulls it, B is refused by the registry
         spec = f"base_image: {shared}/env@{base.digest}\nvariables: {{N: '{uuid.uuid4()}'}}\n"
         outcome = _resolve(server, a, spec)
         assert outcome["status"] == "succeeded", outcome
         outcome = _resolve(server, b, spec)
         assert outcome["status"] == "failed", outcome
         assert outcome["failure_class"] == "RegistryAuthError", outcome
-        assert f"registry {alice.host} requires credentials" in outcome["message"], outcome
-        assert ALICE.password not in str(outcome)
+        assert f"registry {services.alpha_registry} requires credentials" in outcome["message"]
+        assert alpha.password not in str(outcome)
