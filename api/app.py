@@ -131,6 +131,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         svc.hub.bind(asyncio.get_running_loop())
+        for line in settings.exposures():
+            log.warning("exposure: %s", line)
         svc.start()
         try:
             yield

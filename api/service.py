@@ -155,12 +155,17 @@ class EnvironmentService:
     # the API
     def spec(self, request: ResolveRequest, workspace: str | None = None) -> EnvironmentSpec:
         """The request's spec with the operator's package sources and its base image pinned.
-        With a workspace, the spec must pass its source policy before anything is fetched
-        (SpecError otherwise); without one (the embedded CLI, an admin) it is trusted."""
+        With a workspace, a policed service checks the spec against its source policy before
+        anything is fetched (SpecError otherwise), and the tag is pinned with the workspace's
+        own pull credentials; without one (an admin's token) it is trusted and pinned
+        anonymously."""
         spec = self.read_spec(request)
-        if workspace is not None and self.policed:
+        if workspace is None:
+            return spec.with_base_image(self.digests.resolve(spec.base_image))
+        if self.policed:
             self.policy(workspace).check(spec)
-        return spec.with_base_image(self.digests.resolve(spec.base_image))
+        tags = self.tenants.get(workspace).tags  # with the workspace's own credentials
+        return spec.with_base_image(tags.resolve(spec.base_image))
 
     def policy(self, workspace: str) -> SourcePolicy:
         """What `workspace`'s specs may name: its own namespace, the global registry, the
@@ -200,7 +205,7 @@ class EnvironmentService:
         spec = self._specs.get(fingerprint)
         if tenant is None or spec is None:
             return None
-        base = self.digests.remembered(spec.base_image)
+        base = tenant.tags.remembered(spec.base_image)
         if base is None:
             return None
         keyed = self._keys.get(fingerprint)

@@ -107,6 +107,33 @@ class Settings:
         """The SQLAlchemy URL of the build records: configured, or SQLite in envctl's home."""
         return self.database_url or f"sqlite:///{self.home / 'envctl.db'}"
 
+    def exposures(self) -> list[str]:
+        """What these settings leave open or unbounded for a shared server's tenants, one
+        line each (README, "Security model"); none with the defaults."""
+        lines = []
+        if self.build_network != "none":
+            lines.append(
+                f"ENVCTL_BUILD_NETWORK={self.build_network}: build steps reach the engine's "
+                "network, the host's loopback services included with 'host'"
+            )
+        if self.allow_url_sources:
+            lines.append(
+                "ENVCTL_ALLOW_URL_SOURCES=1: specs make the engine and pip fetch public URLs"
+            )
+        if self.build_memory is None:
+            lines.append("ENVCTL_BUILD_MEMORY=0: a build step may take all of the host's memory")
+        if self.build_cpus is None:
+            lines.append("ENVCTL_BUILD_CPUS=0: a build step may take every CPU of the host")
+        if self.build_cgroup_parent is None:
+            lines.append(
+                "ENVCTL_BUILD_CGROUP_PARENT is not set: nothing bounds a build step's processes"
+            )
+        if self.token_ttl > 1.0:
+            lines.append(
+                f"ENVCTL_TOKEN_TTL={self.token_ttl:g}: a revoked token works for up to that long"
+            )
+        return lines
+
     @property
     def embedded_registry(self) -> str:
         """The workspace registry when none is configured: an OCI layout in envctl's home."""

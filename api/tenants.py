@@ -1,17 +1,20 @@
-"""The workspaces one service serves: each one's registries (its own, then the global one)
-and its resolver, opened on first use and kept open, since the confirmed hits live in them."""
+"""The workspaces one service serves: each one's registries (its own, then the global one),
+its tag resolver and its environment resolver, opened on first use and kept open, since the
+confirmed hits live in them. A workspace's stored credentials are read again every
+CREDENTIALS_TTL seconds: a login or logout on any server reaches every other within that."""
 
 from __future__ import annotations
 
 import functools
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
-from api.errors import NotFound
+from api.errors import NotFound, kind_of
 from api.policy import Prefix, shared_sources
 from api.records import GLOBAL_WORKSPACE, Workspace
 from api.settings import Settings
@@ -20,6 +23,7 @@ from builder.docker import DockerBuilder
 from builder.pipeline import BuildConfig, DockerImageBuilder
 from builder.resolve import Resolver
 from hashing import EnvKey, ImageName
+from hashing.errors import Kind
 from registry.auth import Credentials, docker_config_credentials
 from registry.base import Registry
 from registry.digests import DigestResolver
@@ -28,14 +32,25 @@ from registry.store import StoreRegistry
 
 T = TypeVar("T")
 
+CREDENTIALS_TTL = 5.0  # seconds a workspace's stored credentials are trusted before a re-read
+
 
 @dataclass
 class Tenant:
-    """One workspace's registries and resolver."""
+    """One workspace's registries and resolvers. `tags` pins its specs' tags with exactly the
+    credentials its builds pull with (a tag only another workspace may read does not resolve);
+    `credentials` are its own stored ones it was opened with, `checked` when they were read."""
 
     tiers: Registry
     resolver: Resolver
+    tags: DigestResolver
+    credentials: Credentials | None = None
+    checked: float = 0.0
     closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def close(self) -> None:
+        for close in self.closers:
+            close()
 
 
 class Tenants:
@@ -61,6 +76,7 @@ class Tenants:
         self._engine = engine
         self._fixed = dict(fixed) if fixed is not None else None
         self._open: dict[str, Tenant] = {}
+        self._retired: list[Tenant] = []  # reopened with new credentials; builds may still use them
         self._guard = threading.Lock()
 
     def workspace(self, name: str) -> Workspace:
@@ -79,16 +95,37 @@ class Tenants:
         return workspace
 
     def get(self, name: str) -> Tenant:
-        """The workspace's tenant, opened on first use; NotFound for an unknown workspace."""
+        """The workspace's tenant, opened on first use and reopened when its stored credentials
+        changed (read again every CREDENTIALS_TTL seconds); NotFound for an unknown workspace."""
         tenant = self._open.get(name)
-        if tenant is not None:
+        if tenant is not None and not self._changed(name, tenant):
             return tenant
         workspace = self.workspace(name)
         with self._guard:
-            tenant = self._open.get(name)
-            if tenant is None:
-                tenant = self._open[name] = self._tenant(workspace)
-        return tenant
+            current = self._open.get(name)
+            if current is None or current is tenant:
+                if current is not None:
+                    self._retired.append(current)
+                current = self._open[name] = self._tenant(workspace)
+        return current
+
+    def _changed(self, name: str, tenant: Tenant) -> bool:
+        """Whether `name`'s stored credentials differ from the ones `tenant` was opened with,
+        asking the database at most every CREDENTIALS_TTL seconds; a database outage keeps the
+        current ones (the service's requests fail on their own if they need the database)."""
+        if self._fixed is not None or name == GLOBAL_WORKSPACE:
+            return False
+        now = time.monotonic()
+        if now - tenant.checked < CREDENTIALS_TTL:
+            return False
+        try:
+            stored = self._store.get_credentials(name)
+        except Exception as exc:
+            if kind_of(exc) is Kind.UNAVAILABLE:
+                return False
+            raise
+        tenant.checked = now
+        return stored != tenant.credentials
 
     def opened(self, name: str) -> Tenant | None:
         """The tenant if it is open already (no I/O)."""
@@ -104,14 +141,14 @@ class Tenants:
 
     def close(self) -> None:
         """Close every registry opened."""
-        for tenant in self._open.values():
-            for close in tenant.closers:
-                close()
+        for tenant in [*self._open.values(), *self._retired]:
+            tenant.close()
 
     def _tenant(self, workspace: Workspace) -> Tenant:
         s = self.settings
         is_global = workspace.name == GLOBAL_WORKSPACE
-        credentials = self._credentials(workspace)
+        stored = self._stored_credentials(workspace)
+        credentials = stored if stored is not None else self._service_credentials(workspace)
         own = self._registry(workspace.registry, credentials)
         closers = [own.close]
         global_ = None
@@ -120,37 +157,42 @@ class Tenants:
             closers.append(global_.close)
         tiers = open_tiers(own, global_)
         pull_credentials = self._pull_credentials(workspace, credentials)
-        if self._policed:
-            pull_registries = self._pull_registries(workspace)
-            reader = DigestResolver(
-                insecure=s.insecure_registries,
-                timeout=s.registry_timeout,
-                credentials=functools.partial(_pull_source, pull_registries, pull_credentials),
-            )
-            closers.append(reader.close)
+        pull_registries = self._pull_registries(workspace) if self._policed else None
+        # tags are pinned, and reads proven, with what the engine will pull with
+        tags = DigestResolver(
+            insecure=s.insecure_registries,
+            timeout=s.registry_timeout,
+            ttl=s.tag_ttl,
+            credentials=functools.partial(_pull_source, pull_registries, pull_credentials),
+        )
+        closers.append(tags.close)
+        if pull_registries is not None:
             config = BuildConfig(
                 s.home,
                 credentials,
                 pull_registries=pull_registries,
                 pull_credentials=pull_credentials,
-                confirm_read=reader.confirm,
+                confirm_read=tags.confirm,
             )
         else:
             config = BuildConfig(s.home, credentials, pull_credentials=pull_credentials)
         builder = DockerImageBuilder(own, self._engine, config)
         state = s.home / "workspaces" / workspace.name
-        return Tenant(tiers, Resolver(tiers, builder, state=state), closers)
+        resolver = Resolver(tiers, builder, state=state)
+        return Tenant(tiers, resolver, tags, stored, time.monotonic(), closers)
 
-    def _credentials(self, workspace: Workspace) -> Credentials | None:
-        """What a workspace reaches its own registry with: its own credentials if the operator
-        gave it some (`envctl workspace login`), else the service's for that tier (None: the
-        Docker config's, as the engine finds them)."""
+    def _stored_credentials(self, workspace: Workspace) -> Credentials | None:
+        """A workspace's own credentials, if the operator gave it some (`envctl workspace
+        login`); never for the embedded CLI's fixed workspaces or the global tier."""
+        if self._fixed is not None or workspace.name == GLOBAL_WORKSPACE:
+            return None
+        return self._store.get_credentials(workspace.name)
+
+    def _service_credentials(self, workspace: Workspace) -> Credentials | None:
+        """The service's credentials for a workspace's tier (None: the Docker config's, as the
+        engine finds them)."""
         if workspace.name == GLOBAL_WORKSPACE:
             return self.settings.global_credentials
-        if self._fixed is None:
-            own = self._store.get_credentials(workspace.name)
-            if own is not None:
-                return own
         return self.settings.workspace_credentials
 
     def _pull_credentials(
@@ -184,13 +226,16 @@ class Tenants:
 
 
 def _pull_source(
-    registries: tuple[str, ...], given: Mapping[str, Credentials], host: str
+    registries: tuple[str, ...] | None, given: Mapping[str, Credentials], host: str
 ) -> Credentials | None:
     """The credentials a workspace's build pulls from `host` with, as the engine gets them:
-    its own or the service's where given, the Docker config's for the hosts it may read."""
+    its own or the service's where given, the Docker config's for the hosts it may read
+    (`registries`; None: any host, for the embedded CLI, whose user is the host's)."""
     if host in given:
         return given[host]
-    return docker_config_credentials(host) if host in registries else None
+    if registries is None or host in registries:
+        return docker_config_credentials(host)
+    return None
 
 
 class Memo(Generic[T]):

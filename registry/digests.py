@@ -95,7 +95,24 @@ class DigestResolver:
         """Raise unless the registry serves `image` (by digest if pinned) to this resolver's
         credentials: one HEAD, never remembered. RegistryAuthError when they are refused or
         missing, BaseImageNotFound when it has no such image."""
-        reference = image.digest or image.tag or "latest"
+        self._head(image, image.digest or image.tag or "latest", f"could not read {image}")
+
+    def _head_digest(self, image: ImageName) -> str:
+        response, url = self._head(
+            image, image.tag or "latest", "could not resolve the base image's tag"
+        )
+        digest = response.headers.get("Docker-Content-Digest")
+        if not digest:
+            raise RegistryError(
+                "the registry did not return Docker-Content-Digest",
+                endpoint=url,
+                status=response.status_code,
+            )
+        return str(digest)
+
+    def _head(self, image: ImageName, reference: str, failure: str) -> tuple[httpx.Response, str]:
+        """One manifest HEAD of `image` at `reference` (a tag or digest): the answer and its
+        URL; BaseImageNotFound on 404, `failure` for any other error."""
         url = f"{self._http.base_url(image.domain)}/v2/{image.repository}/manifests/{reference}"
         response = self._http.request(
             "HEAD",
@@ -105,24 +122,5 @@ class DigestResolver:
         )
         if response.status_code == 404:
             raise BaseImageNotFound(f"image {image} not found", endpoint=url, status=404)
-        check(response, f"could not read {image}")
-
-    def _head_digest(self, image: ImageName) -> str:
-        url = f"{self._http.base_url(image.domain)}/v2/{image.repository}/manifests/{image.tag}"
-        response = self._http.request(
-            "HEAD",
-            url,
-            scopes=[repository_scope(image.repository, "pull")],
-            headers={"Accept": ", ".join(MANIFEST_TYPES)},
-        )
-        if response.status_code == 404:
-            raise BaseImageNotFound(f"base image {image} not found", endpoint=url, status=404)
-        check(response, "could not resolve the base image's tag")
-        digest = response.headers.get("Docker-Content-Digest")
-        if not digest:
-            raise RegistryError(
-                "the registry did not return Docker-Content-Digest",
-                endpoint=url,
-                status=response.status_code,
-            )
-        return str(digest)
+        check(response, failure)
+        return response, url

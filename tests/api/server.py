@@ -16,6 +16,7 @@ so that nothing a test sends (a base image named by a generated spec, say) leave
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -276,6 +277,24 @@ def build_outcome(
             return body if body["status"] in ("succeeded", "failed") else None
 
         return until(f"build {build_id}", over, seconds=seconds)
+
+
+def built_log(server: EnvctlServer, tenant: Tenant, spec: str) -> list[str]:
+    """Resolve `spec` as `tenant`, wait for its build to succeed, and return its log's lines
+    as the workspace is shown them."""
+    with tenant_client(server, tenant, timeout=120.0) as http:
+        answer = http.post(f"/v1/workspaces/{tenant.name}/resolve",
+                           json={"spec": spec, "name": "env.yml"})  # fmt: skip
+        assert answer.status_code == 202, answer.text
+        build_id = answer.json()["build_id"]
+        outcome = build_outcome(server, tenant, build_id)
+        assert outcome["status"] == "succeeded", outcome
+        logs = http.get(f"/v1/workspaces/{tenant.name}/builds/{build_id}/logs",
+                        params={"follow": "false"})  # fmt: skip
+    return [
+        json.loads(line[5:])["text"] for line in logs.text.splitlines()
+        if line.startswith("data:") and '"seq"' in line
+    ]  # fmt: skip
 
 
 def _secret(out: str) -> str:

@@ -33,3 +33,32 @@ def test_a_bad_limit_names_its_setting(name: str, value: str) -> None:
     with pytest.raises(SpecError) as info:
         Settings.from_env({"ENVCTL_HOME": "/nonexistent", name: value})
     assert info.value.source == name
+
+
+def test_a_server_names_what_its_settings_leave_unbounded() -> None:
+    limited = Settings.from_env(
+        {"ENVCTL_HOME": "/nonexistent", "ENVCTL_BUILD_CGROUP_PARENT": "/envctl-builds"}
+    )
+    assert limited.exposures() == []
+    assert Settings.from_env({"ENVCTL_HOME": "/nonexistent"}).exposures() == [
+        "ENVCTL_BUILD_CGROUP_PARENT is not set: nothing bounds a build step's processes"
+    ]
+    wide = Settings.from_env(
+        {
+            "ENVCTL_HOME": "/nonexistent",
+            "ENVCTL_BUILD_NETWORK": "host",
+            "ENVCTL_ALLOW_URL_SOURCES": "1",
+            "ENVCTL_BUILD_MEMORY": "0",
+            "ENVCTL_BUILD_CPUS": "0",
+            "ENVCTL_TOKEN_TTL": "30",
+        }
+    )
+    named = [line.split(" ")[0].split("=")[0] for line in wide.exposures()]
+    assert named == [
+        "ENVCTL_BUILD_NETWORK",
+        "ENVCTL_ALLOW_URL_SOURCES",
+        "ENVCTL_BUILD_MEMORY",
+        "ENVCTL_BUILD_CPUS",
+        "ENVCTL_BUILD_CGROUP_PARENT",
+        "ENVCTL_TOKEN_TTL",
+    ]

@@ -7,7 +7,9 @@ The operator allowed every workspace to read a base path in alpha (a shared base
 password): A's build pulls it with alpha's credentials; B's, which the source policy
 lets through, is refused by the registry itself. The engine would have served B the image A's
 build pulled without asking the registry again: every build of a shared service first proves,
-with the credentials it would pull with, that it may read each image it reads."""
+with the credentials it would pull with, that it may read each image it reads. A tag is pinned
+with those same credentials: B does not learn the digest of a tag only A may read. A login or
+logout on the command line reaches the running server within its credentials' TTL."""
 
 from __future__ import annotations
 
@@ -16,7 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from registry.open import open_registry
-from tests.api.server import Deployment, EnvctlServer, Tenant, build_outcome, tenant_client
+from tests.api.server import (
+    Deployment,
+    EnvctlServer,
+    Tenant,
+    build_outcome,
+    tenant_client,
+    until,
+)
 from tests.conftest import Services
 from tests.registry.images import push_image
 
@@ -73,3 +82,28 @@ def test_a_workspace_never_builds_with_another_workspaces_credentials(
         assert outcome["failure_class"] == "RegistryAuthError", outcome
         assert f"registry {services.alpha_registry} requires credentials" in outcome["message"]
         assert alpha.password not in str(outcome)
+
+        # its tag: A's build pins it with alpha's credentials; to B it is unreadable, and
+        # neither its resolve nor its hash gives away the digest
+        tagged = f"base_image: {shared}/env:1\nvariables: {{N: '{uuid.uuid4()}'}}\n"
+        outcome = _resolve(server, a, tagged)
+        assert outcome["status"] == "succeeded", outcome
+        for path in ("/v1/workspaces/b/resolve", "/v1/hash"):
+            with tenant_client(server, b) as http:
+                answer = http.post(path, json={"spec": tagged, "name": "env.yml"})
+            assert answer.status_code == 502, (path, answer.text)  # the registry refused
+            assert f"registry {services.alpha_registry} requires credentials" in answer.text
+            assert base.digest not in answer.text
+
+        # A's logout reaches the running server within seconds, and so does a login again
+        def hash_status(wanted: int) -> bool | None:
+            with tenant_client(server, a) as http:
+                answer = http.post("/v1/hash", json={"spec": tagged, "name": "env.yml"})
+            return True if answer.status_code == wanted else None
+
+        assert hash_status(200)
+        deployment.envctl("workspace", "logout", "a")
+        until("A's logout to reach the server", lambda: hash_status(502), seconds=15)
+        deployment.envctl("workspace", "login", "a", "--username", alpha.username,
+                          "--password-stdin", stdin=alpha.password + "\n")  # fmt: skip
+        until("A's login to reach the server", lambda: hash_status(200), seconds=15)

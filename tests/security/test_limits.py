@@ -3,11 +3,10 @@ item 9): 4 GiB of memory with no swap on top and two CPUs, through a real `envct
 
 from __future__ import annotations
 
-import json
 import uuid
 from pathlib import Path
 
-from tests.api.server import Deployment, build_outcome, tenant_client
+from tests.api.server import Deployment, built_log
 from tests.conftest import Services
 
 # cgroup v2 files first, then v1 (this machine's engine runs on v1)
@@ -26,18 +25,7 @@ def test_build_steps_are_limited_by_default(services: Services, tmp_path: Path) 
         tenant = deployment.workspace("limits")
         steps = f"  RUN echo {uuid.uuid4()}\n  {_PROBE}\n"
         spec = f"base_image: {services.busybox_image}\ndocker_steps: |\n{steps}"
-        with tenant_client(server, tenant, timeout=120.0) as http:
-            answer = http.post(f"/v1/workspaces/{tenant.name}/resolve",
-                               json={"spec": spec, "name": "env.yml"})  # fmt: skip
-            assert answer.status_code == 202, answer.text
-            build_id = answer.json()["build_id"]
-            assert build_outcome(server, tenant, build_id)["status"] == "succeeded"
-            logs = http.get(f"/v1/workspaces/{tenant.name}/builds/{build_id}/logs",
-                            params={"follow": "false"})  # fmt: skip
-    lines = [
-        json.loads(line[5:])["text"] for line in logs.text.splitlines()
-        if line.startswith("data:") and '"seq"' in line
-    ]  # fmt: skip
+        lines = built_log(server, tenant, spec)
     (limits,) = [line.split()[1:] for line in lines if line.startswith("limits ")]
     memory, swap, cpu = limits[0], limits[1], limits[2:]
     assert int(memory) == 4 << 30, limits

@@ -5,29 +5,13 @@ so by name."""
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import uuid
 from pathlib import Path
 
-from tests.api.server import Deployment, EnvctlServer, Tenant, build_outcome, tenant_client
+from tests.api.server import Deployment, built_log
 from tests.conftest import Services
-
-
-def _build_log(server: EnvctlServer, tenant: Tenant, spec: str) -> str:
-    with tenant_client(server, tenant, timeout=120.0) as http:
-        answer = http.post(f"/v1/workspaces/{tenant.name}/resolve",
-                           json={"spec": spec, "name": "env.yml"})  # fmt: skip
-        assert answer.status_code == 202, answer.text
-        build_id = answer.json()["build_id"]
-        assert build_outcome(server, tenant, build_id)["status"] == "succeeded"
-        logs = http.get(f"/v1/workspaces/{tenant.name}/builds/{build_id}/logs",
-                        params={"follow": "false"})  # fmt: skip
-        return "\n".join(
-            json.loads(line[5:])["text"] for line in logs.text.splitlines()
-            if line.startswith("data:") and '"seq"' in line
-        )  # fmt: skip
 
 
 def test_a_log_names_no_other_workspaces_repository_nor_the_host(
@@ -38,7 +22,7 @@ def test_a_log_names_no_other_workspaces_repository_nor_the_host(
         first, second = deployment.workspace("first"), deployment.workspace("second")
         for tenant in (first, second):
             spec = f"base_image: {services.busybox_image}\ndocker_steps: RUN echo {uuid.uuid4()}\n"
-            log = _build_log(server, tenant, spec)
+            log = "\n".join(built_log(server, tenant, spec))
         assert "Mounted from another repository" in log, log  # the case this test is about
         assert f"{deployment.namespace}/first" not in log, log
         assert server.process is not None
