@@ -109,13 +109,16 @@ class Workers:
             on_event(
                 "queue", f"build {record.id} of {record.key} started by {_who(self._svc.owner)}"
             )
-            spec = self._planned_spec(record, context_dir)
-            ref = self._svc.tenants.get(record.workspace).resolver.resolve(
-                spec,
-                force_rebuild=bool(plan.get("force_rebuild")),
-                on_event=on_event,
-                build_id=build_id,
-            )
+            try:
+                spec = self._planned_spec(record, context_dir)
+                ref = self._svc.tenants.get(record.workspace).resolver.resolve(
+                    spec,
+                    force_rebuild=bool(plan.get("force_rebuild")),
+                    on_event=on_event,
+                    build_id=build_id,
+                )
+            finally:  # before the outcome is recorded: whoever sees it finds no context left
+                remove_context(context_dir)
             assert ref is not None  # resolve with build=True finds or builds
             self._svc.store.finish(
                 record.id,
@@ -148,7 +151,6 @@ class Workers:
             self._svc.metrics.build_seconds.observe(time.monotonic() - started)
             self._running.pop(record.id, None)
             self._svc.hub.finish(record.id)
-            remove_context(context_dir)
             self._sweep_files()
 
     def _planned_spec(self, record: BuildRecord, context_dir: Path) -> EnvironmentSpec:
