@@ -19,6 +19,7 @@ from builder.errors import EngineUnavailable, SolveError, StepFailed
 from builder.resolve import OnEvent, Resolver, RetryPolicy
 from hashing import EnvironmentSpec, EnvKey, complete_spec, compute_key, parse_spec_text
 from registry.base import ImageRef
+from registry.errors import RegistryUnavailable
 from registry.layout import LayoutRegistry
 from tests.registry.images import push_image
 
@@ -147,6 +148,29 @@ def test_a_transient_failure_is_retried_and_never_remembered(tmp_path: Path) -> 
         down.resolve(_spec("RUN other"))
     assert stuck.calls == 3
     assert down.resolve(_spec("RUN other")) is not None, "a transient failure is not remembered"
+
+
+def test_a_registry_still_down_after_a_failed_push_is_retried(tmp_path: Path) -> None:
+    """The check after a failure (did its tag get written?) finds the registry still down:
+    that is no answer, so the build is tried again, not given up (issue 9, item 14)."""
+
+    class DownOnce(LayoutRegistry):
+        lookups = 0
+
+        def lookup(self, key: EnvKey) -> ImageRef | None:
+            self.lookups += 1
+            if self.lookups == 3:  # two before the build, then the check after its failure
+                raise RegistryUnavailable("registry down", endpoint="registry")
+            return super().lookup(key)
+
+    registry = DownOnce(tmp_path / "registry")
+    gone = RegistryUnavailable("push failed", endpoint="registry")
+    stand_in = StandInBuilder(registry, failures=[gone])
+    resolver = Resolver(registry, stand_in, state=tmp_path / "state", retry=NO_WAIT)
+    built = resolver.resolve(_spec())
+    assert built is not None
+    assert built.source == "built"
+    assert (stand_in.calls, registry.lookups) == (2, 3)
 
 
 def test_force_rebuild_builds_even_on_a_hit(tmp_path: Path) -> None:
