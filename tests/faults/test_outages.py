@@ -38,7 +38,9 @@ def _spec(folder: Path, services: Services, name: str, seconds: int = 4) -> Path
 
 
 class Client:
-    """One `envctl resolve --json SPEC`, as a user runs it, with its stderr read as it comes."""
+    """One `envctl resolve --json SPEC`, as a user runs it, with its stdout and stderr each
+    read on a thread of their own as they come: `communicate()` would read stderr too, and
+    every chunk it took would be missing from what the test reads."""
 
     def __init__(self, env: dict[str, str], spec: Path) -> None:
         self.process = subprocess.Popen(
@@ -49,18 +51,20 @@ class Client:
             stderr=subprocess.PIPE,
             text=True,
         )
+        assert self.process.stdout is not None
         assert self.process.stderr is not None
+        self.stdout = Lines(self.process.stdout)
         self.stderr = Lines(self.process.stderr)
 
     def finish(self) -> tuple[int, str, str]:
         """(exit code, stdout, stderr) once it exits by itself."""
         try:
-            out, _ = self.process.communicate(timeout=CLIENT_SECONDS)
+            self.process.wait(timeout=CLIENT_SECONDS)  # both pipes are drained: no deadlock
         except subprocess.TimeoutExpired:
             self.process.kill()
-            out, _ = self.process.communicate()
+            self.process.wait()
             pytest.fail(f"a client still waited after {CLIENT_SECONDS} s:\n{self.stderr.text()}")
-        return self.process.returncode, out, self.stderr.text()
+        return self.process.returncode, self.stdout.text(), self.stderr.text()
 
     def kill(self) -> None:
         if self.process.poll() is None:
@@ -177,3 +181,22 @@ def test_an_embedded_waiter_runs_the_build_its_killed_builder_left(
     assert json.loads(out)["source"] == "built", out
     assert "queued again" in err, err
     assert set(_statuses(f"sqlite:///{database}")) == {"succeeded"}
+
+
+def test_a_client_finishes_with_every_line_of_its_stderr(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tests' own reader: `communicate()` beside a line reader on stderr once lost about
+    half of what a child wrote (and the embedded waiter's "queued again" with it)."""
+    lines = 2000  # each written and flushed on its own, as envctl writes its log lines
+    fake = tmp_path / "envctl"
+    fake.write_text(
+        f"#!{sys.executable}\nimport sys\n"
+        f"for n in range({lines}):\n    print(f'line {{n}}', file=sys.stderr, flush=True)\n"
+        "print('{}')\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setattr(sys.modules[__name__], "ENVCTL", str(fake))
+    code, out, err = Client(dict(os.environ), tmp_path / "spec.yml").finish()
+    assert (code, out) == (0, "{}\n"), err
+    assert err.splitlines() == [f"line {n}" for n in range(lines)]
