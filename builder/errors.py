@@ -4,6 +4,7 @@
     └── BuildError             a build failed; carries the build id and the tail of its log
         ├── SolveError         deterministic: the conda dependencies cannot be satisfied
         ├── StepFailed         deterministic: an install step or a docker step failed
+        ├── LayerError         deterministic: a tree holds what a layer cannot (a device, a FIFO)
         ├── BuildTimeout       the build ran longer than its limit (not remembered: load-dependent)
         ├── EngineUnavailable  transient: the Docker engine could not be reached
         ├── ChannelUnavailable transient: a conda channel could not be reached
@@ -48,6 +49,12 @@ class SolveError(BuildError):
 
 class StepFailed(BuildError):
     """A step of the build exited non-zero."""
+
+    deterministic = True
+
+
+class LayerError(BuildError):
+    """A tree cannot be written as a layer: it holds a device, socket or FIFO."""
 
     deterministic = True
 

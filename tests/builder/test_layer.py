@@ -1,0 +1,184 @@
+"""Deterministic layers: the same tree is the same blob whatever its times, owners and listing
+order, a valid gzipped tar under its prefix, and an image a real engine pulls and runs."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import tarfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from builder.errors import LayerError
+from builder.layer import LAYER_GZIP, SOURCE_DATE_EPOCH, Layer, write_layer
+from hashing import parse_image
+from registry.base import OCI_MANIFEST, Descriptor, Manifest
+from registry.http import RegistryClient
+from registry.open import open_registry
+from tests.conftest import Services, docker
+
+PREFIX = "opt/envctl/env"
+NAMES = [
+    "bin/hello",
+    "lib/python3.11/site-packages/pkg/__init__.py",
+    "lib/libz.so.1.3",
+    "share/doc/\u00e9t\u00e9.txt",
+    "share/" + "long-name-" * 12 + ".txt",
+]
+
+
+def _tree(root: Path, order: list[str]) -> Path:
+    """A package-like tree, its files made in `order` (a filesystem lists them as it likes)."""
+    files = {
+        "bin/hello": (b"#!/bin/sh\necho hello from the layer\n", 0o755),
+        "lib/python3.11/site-packages/pkg/__init__.py": (b"VERSION = '1'\n", 0o644),
+        "lib/libz.so.1.3": (bytes(range(256)) * 16, 0o755),
+        "share/doc/\u00e9t\u00e9.txt": (b"non-ASCII name\n", 0o644),
+        "share/" + "long-name-" * 12 + ".txt": (b"a name over 100 bytes\n", 0o600),
+    }
+    for name in order:
+        data, mode = files[name]
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        path.chmod(mode)
+    (root / "lib" / "libz.so.1").symlink_to("libz.so.1.3")
+    (root / "empty").mkdir()
+    return root
+
+
+def test_the_same_tree_is_the_same_blob_whatever_its_times_owners_and_order(
+    tmp_path: Path,
+) -> None:
+    first = _tree(tmp_path / "a", NAMES)
+    second = _tree(tmp_path / "b", list(reversed(NAMES)))
+    for n, path in enumerate(sorted(second.rglob("*"))):
+        os.utime(path, (1_700_000_000 + n, 1_700_000_000 + n), follow_symlinks=False)
+        if os.geteuid() == 0:
+            os.lchown(path, 1000 + n, 1000 + n)
+    one = write_layer(first, tmp_path / "one.tar.gz", prefix=PREFIX)
+    two = write_layer(second, tmp_path / "two.tar.gz", prefix=f"/{PREFIX}/")
+    assert (one.digest, one.diff_id, one.size) == (two.digest, two.diff_id, two.size)
+    assert one.path.read_bytes() == two.path.read_bytes()
+
+    (first / "bin" / "hello").chmod(0o700)  # a mode is part of the tree
+    assert write_layer(first, tmp_path / "three.tar.gz", prefix=PREFIX).digest != one.digest
+
+
+def test_a_layer_is_the_tree_under_its_prefix_sorted_owned_by_root_at_one_time(
+    tmp_path: Path,
+) -> None:
+    root = _tree(tmp_path / "tree", NAMES)
+    layer = write_layer(root, tmp_path / "layer.tar.gz", prefix=PREFIX)
+    blob = layer.path.read_bytes()
+    assert layer.digest == "sha256:" + hashlib.sha256(blob).hexdigest()
+    assert layer.size == len(blob)
+    assert blob[4:8] == b"\0\0\0\0", "no time in the gzip header"
+    plain = gzip.decompress(blob)
+    assert layer.diff_id == "sha256:" + hashlib.sha256(plain).hexdigest()
+
+    with tarfile.open(layer.path) as tar:
+        members = tar.getmembers()
+    names = [m.name for m in members]
+    assert names[:3] == ["opt", "opt/envctl", PREFIX]
+    assert names == sorted(names, key=lambda n: n.encode().split(b"/"))
+    for member in members:
+        assert (member.uid, member.gid, member.uname, member.gname) == (0, 0, "", "")
+        assert member.mtime == SOURCE_DATE_EPOCH
+    by_name = {m.name: m for m in members}
+    assert by_name[f"{PREFIX}/bin/hello"].mode == 0o755
+    assert by_name[f"{PREFIX}/lib/libz.so.1"].issym()
+    assert by_name[f"{PREFIX}/lib/libz.so.1"].linkname == "libz.so.1.3"
+    assert by_name[f"{PREFIX}/empty"].isdir()
+    assert f"{PREFIX}/share/doc/\u00e9t\u00e9.txt" in by_name
+
+
+def test_a_tree_a_layer_cannot_hold_is_refused_and_leaves_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "tree"
+    (root / "bin").mkdir(parents=True)
+    os.mkfifo(root / "bin" / "pipe")
+    out = tmp_path / "layer.tar.gz"
+    with pytest.raises(LayerError, match="pipe: not a file, folder or symlink"):
+        write_layer(root, out, prefix=PREFIX)
+    assert list(tmp_path.iterdir()) == [root]
+
+
+def test_an_engine_pulls_and_runs_an_image_with_the_layer(
+    services: Services, tmp_path: Path
+) -> None:
+    base = parse_image(services.busybox_image)
+    root = _tree(tmp_path / "tree", NAMES)
+    layer = write_layer(root, tmp_path / "layer.tar.gz", prefix=PREFIX)
+    target = open_registry(
+        f"{services.workspace_registry}/layer-{uuid.uuid4().hex[:8]}",
+        insecure=[services.workspace_registry.split("/")[0]],
+    )
+    http = RegistryClient(insecure=[base.domain])
+    try:
+        # the base's manifest, config and layers, copied as they are
+        url = f"{http.base_url(base.domain)}/v2/{base.repository}"
+        accept = {"Accept": "application/vnd.docker.distribution.manifest.v2+json, " + OCI_MANIFEST}
+        manifest = http.request("GET", f"{url}/manifests/{base.tag}", headers=accept).json()
+        config = http.request("GET", f"{url}/blobs/{manifest['config']['digest']}").content
+        layers = []
+        for entry in manifest["layers"]:
+            data = http.request("GET", f"{url}/blobs/{entry['digest']}").content
+            descriptor = Descriptor(LAYER_GZIP, entry["digest"], entry["size"])
+            target.put_blob(descriptor, iter([data]))
+            layers.append(descriptor)
+        ours = Descriptor(LAYER_GZIP, layer.digest, layer.size)
+        target.put_blob(ours, _chunks(layer))
+        image = json.loads(config)
+        image["rootfs"]["diff_ids"].append(layer.diff_id)
+        image["config"]["Cmd"] = [f"/{PREFIX}/bin/hello"]
+        data = json.dumps(image).encode()
+        config_descriptor = Descriptor(
+            "application/vnd.oci.image.config.v1+json",
+            "sha256:" + hashlib.sha256(data).hexdigest(),
+            len(data),
+        )
+        target.put_blob(config_descriptor, iter([data]))
+        body = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": _json(config_descriptor),
+            "layers": [_json(d) for d in (*layers, ours)],
+        }
+        written = Manifest(OCI_MANIFEST, json.dumps(body).encode())
+        target.put_manifest("layered", written)
+    finally:
+        http.close()
+        target.close()
+    pinned = f"{target.reference('layered').rsplit(':', 1)[0]}@{written.digest}"
+    docker(services, "pull", pinned)
+    assert docker(services, "run", "--rm", "--network", "none", pinned).strip() == (
+        "hello from the layer"
+    )
+    listed = docker(
+        services, "run", "--rm", "--network", "none", pinned,
+        "sh", "-c", f"readlink /{PREFIX}/lib/libz.so.1 && stat -c '%a %u' /{PREFIX}/bin/hello",
+    )  # fmt: skip
+    assert listed.split() == ["libz.so.1.3", "755", "0"]
+    diff_ids = json.loads(
+        docker(services, "image", "inspect", "-f", "{{json .RootFS.Layers}}", pinned)
+    )
+    assert diff_ids[-1] == layer.diff_id, "the engine reads the tar we hashed"
+
+
+def _chunks(layer: Layer) -> Iterator[bytes]:
+    with open(layer.path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            yield chunk
+
+
+def _json(descriptor: Descriptor) -> dict[str, object]:
+    return {
+        "mediaType": descriptor.media_type,
+        "digest": descriptor.digest,
+        "size": descriptor.size,
+    }
