@@ -36,6 +36,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy bench/lookup
 	$(BIN)/mypy bench/build
 	$(BIN)/mypy bench/serve
+	$(BIN)/mypy bench/layer
 	$(BIN)/mypy examples/runner/run.py
 
 pytest: $(STAMP) services
@@ -48,6 +49,7 @@ bench: $(STAMP) services
 	@$(SERVICES_ENV) && $(BIN)/python bench/lookup
 	@$(SERVICES_ENV) && $(BIN)/python bench/build
 	@$(SERVICES_ENV) && $(BIN)/python bench/serve
+	@$(BIN)/python bench/layer
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
