@@ -77,10 +77,15 @@ class OciRegistry(StoreRegistry):
         timeout: float = 10.0,
         retries: int | RetryPolicy = DEFAULT_RETRIES,
         client: httpx.Client | None = None,
+        repository: str | None = None,
     ) -> None:
+        """`repository`, when given, is the whole repository name in place of
+        `NAMESPACE/env`: an image envctl did not write, such as a base image, read (or mounted
+        from) through the same primitives."""
         super().__init__()
         self.host, self.namespace = parse_address(address)
-        self.repository = f"{self.namespace}/{REPOSITORY}" if self.namespace else REPOSITORY
+        default = f"{self.namespace}/{REPOSITORY}" if self.namespace else REPOSITORY
+        self.repository = repository or default
         self._retries = retries if isinstance(retries, RetryPolicy) else RetryPolicy(retries)
         self._http = RegistryClient(
             credentials=credentials,

@@ -1,0 +1,168 @@
+"""An image written without an engine: a base image (by digest) plus envctl's own layers, with a
+config and a manifest envctl writes, the tag last.
+
+Nothing of the image runs: the base's manifest and config are read from its registry, its layers
+are linked into the target (present already, mounted within one registry, else streamed), the
+new layers are sent only when the target lacks them, several at a time, then the config, then
+the manifest under its digest and, last, under the tag. A failure anywhere leaves no tag. The
+config holds no time and no host: the same base, layers and settings give the same manifest
+digest on every host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from builder.errors import BuildError
+from builder.layer import LAYER_GZIP, Layer
+from hashing.imageref import InvalidReference, normalize_platform
+from registry.base import OCI_MANIFEST, Descriptor, Manifest
+from registry.store import StoreRegistry
+
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+UPLOADS = 4  # blobs sent at once: a registry's upload is latency-bound, not CPU-bound
+# the Docker media types of the same bytes, named as OCI names them
+_OCI_NAMES = {
+    "application/vnd.docker.image.rootfs.diff.tar.gzip": LAYER_GZIP,
+    "application/vnd.docker.container.image.v1+json": OCI_CONFIG,
+}
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    """What the new config sets over the base's: variables (PATH's value may name `$PATH`,
+    the base's), labels and the command."""
+
+    env: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    cmd: Sequence[str] | None = None
+
+
+def assemble(
+    base: StoreRegistry,
+    base_digest: str,
+    target: StoreRegistry,
+    tag: str,
+    layers: Sequence[Layer],
+    read: Callable[[Layer], Iterator[bytes]],
+    settings: ImageSettings,
+    platform: str,
+) -> Manifest:
+    """Write `base_digest` of `base` plus `layers` (read with `read`) to `target` under `tag`;
+    the manifest written. `platform` (normalized, `linux/amd64`) picks the base's manifest when
+    it is an index."""
+    manifest = _platform_manifest(base, base_digest, platform)
+    body = json.loads(manifest.data)
+    config_descriptor = Descriptor.from_json(body["config"])
+    with base.read_blob(config_descriptor) as chunks:
+        config = json.loads(b"".join(chunks))
+    base_layers = [Descriptor.from_json(d) for d in body.get("layers", [])]
+
+    with ThreadPoolExecutor(UPLOADS) as pool:
+        copies = [pool.submit(_link, base, target, d) for d in base_layers]
+        sends = [pool.submit(_send, target, layer, read) for layer in layers]
+        for future in (*copies, *sends):
+            future.result()
+
+    config = _config(config, layers, settings)
+    config_bytes = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+    config_out = Descriptor(OCI_CONFIG, _sha256(config_bytes), len(config_bytes))
+    if not target.has_blob(config_out.digest):
+        target.put_blob(config_out, iter((config_bytes,)))
+    out = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": _json(config_out),
+        "layers": [_json(_oci(d)) for d in base_layers]
+        + [_json(Descriptor(layer.media_type, layer.digest, layer.size)) for layer in layers],
+        "annotations": {"org.opencontainers.image.base.digest": manifest.digest},
+    }
+    written = Manifest(
+        OCI_MANIFEST, json.dumps(out, sort_keys=True, separators=(",", ":")).encode()
+    )
+    target.put_manifest(written.digest, written)
+    target.put_manifest(tag, written)  # last: before this, nothing names the image
+    return written
+
+
+def _platform_manifest(base: StoreRegistry, digest: str, platform: str) -> Manifest:
+    manifest = base.get_manifest(digest)
+    if manifest is None:
+        raise BuildError(f"the base image {base.reference(digest)} is gone from its registry")
+    if not manifest.is_index:
+        return manifest
+    for child in json.loads(manifest.data).get("manifests", []):
+        if _platform_of(child.get("platform") or {}) == platform:
+            return _platform_manifest(base, str(child["digest"]), platform)
+    raise BuildError(f"the base image {base.reference(digest)} has no {platform} manifest")
+
+
+def _platform_of(entry: Mapping[str, Any]) -> str | None:
+    """An index entry's platform, normalized; None for one envctl does not build (an
+    attestation's `unknown/unknown`)."""
+    text = f"{entry.get('os')}/{entry.get('architecture')}"
+    if entry.get("variant"):
+        text += f"/{entry['variant']}"
+    try:
+        return normalize_platform(text)
+    except InvalidReference:
+        return None
+
+
+def _link(base: StoreRegistry, target: StoreRegistry, descriptor: Descriptor) -> None:
+    if target.has_blob(descriptor.digest) or target.mount_blob(descriptor, base):
+        return
+    with base.read_blob(descriptor) as chunks:
+        target.put_blob(descriptor, chunks)
+
+
+def _send(target: StoreRegistry, layer: Layer, read: Callable[[Layer], Iterator[bytes]]) -> None:
+    if not target.has_blob(layer.digest):
+        target.put_blob(Descriptor(layer.media_type, layer.digest, layer.size), read(layer))
+
+
+def _config(
+    base: dict[str, Any], layers: Sequence[Layer], settings: ImageSettings
+) -> dict[str, Any]:
+    """The base's config with the layers' diff_ids, the settings, and no time or host."""
+    config = dict(base)
+    inner = dict(config.get("config") or {})
+    env = dict(item.split("=", 1) for item in inner.get("Env") or [] if "=" in item)
+    for name, value in settings.env.items():
+        env[name] = value.replace("$PATH", env.get("PATH", "")) if name == "PATH" else value
+    inner["Env"] = [f"{name}={value}" for name, value in env.items()]
+    inner["Labels"] = {**(inner.get("Labels") or {}), **settings.labels}
+    if settings.cmd is not None:
+        inner["Cmd"] = list(settings.cmd)
+    config["config"] = inner
+    rootfs = dict(config.get("rootfs") or {"type": "layers"})
+    rootfs["diff_ids"] = [*rootfs.get("diff_ids", []), *(layer.diff_id for layer in layers)]
+    config["rootfs"] = rootfs
+    history = list(config.get("history") or [])
+    history += [{"created_by": "envctl", "comment": layer.diff_id} for layer in layers]
+    config["history"] = history
+    for volatile in ("created", "container", "container_config", "hostname", "docker_version"):
+        config.pop(volatile, None)
+    return config
+
+
+def _oci(descriptor: Descriptor) -> Descriptor:
+    name = _OCI_NAMES.get(descriptor.media_type, descriptor.media_type)
+    return Descriptor(name, descriptor.digest, descriptor.size)
+
+
+def _json(descriptor: Descriptor) -> dict[str, Any]:
+    return {
+        "mediaType": descriptor.media_type,
+        "digest": descriptor.digest,
+        "size": descriptor.size,
+    }
+
+
+def _sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
