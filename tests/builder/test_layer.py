@@ -5,21 +5,18 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import json
 import os
 import tarfile
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from builder.assemble import ImageSettings, assemble
 from builder.errors import LayerError
-from builder.layer import LAYER_GZIP, SOURCE_DATE_EPOCH, Layer, write_layer
+from builder.layer import SOURCE_DATE_EPOCH, write_layer
 from hashing import parse_image
-from registry.base import OCI_MANIFEST, Descriptor, Manifest
-from registry.http import RegistryClient
-from registry.open import open_registry
+from registry.oci import OciRegistry
 from tests.conftest import Services, docker
 
 PREFIX = "opt/envctl/env"
@@ -108,53 +105,26 @@ def test_a_tree_a_layer_cannot_hold_is_refused_and_leaves_nothing(tmp_path: Path
     assert list(tmp_path.iterdir()) == [root]
 
 
-def test_an_engine_pulls_and_runs_an_image_with_the_layer(
+def test_an_engine_runs_the_layers_files_with_their_modes_and_links(
     services: Services, tmp_path: Path
 ) -> None:
-    base = parse_image(services.busybox_image)
-    root = _tree(tmp_path / "tree", NAMES)
-    layer = write_layer(root, tmp_path / "layer.tar.gz", prefix=PREFIX)
-    target = open_registry(
-        f"{services.workspace_registry}/layer-{uuid.uuid4().hex[:8]}",
-        insecure=[services.workspace_registry.split("/")[0]],
-    )
-    http = RegistryClient(insecure=[base.domain])
+    image = parse_image(services.busybox_image)
+    base = OciRegistry(image.domain, repository=image.repository, insecure=[image.domain])
+    layer = write_layer(_tree(tmp_path / "tree", NAMES), tmp_path / "layer.tar.gz", prefix=PREFIX)
+    host = services.workspace_registry.split("/")[0]
+    target = OciRegistry(f"{services.workspace_registry}/layer-{uuid.uuid4().hex[:8]}",
+                         insecure=[host])  # fmt: skip
     try:
-        # the base's manifest, config and layers, copied as they are
-        url = f"{http.base_url(base.domain)}/v2/{base.repository}"
-        accept = {"Accept": "application/vnd.docker.distribution.manifest.v2+json, " + OCI_MANIFEST}
-        manifest = http.request("GET", f"{url}/manifests/{base.tag}", headers=accept).json()
-        config = http.request("GET", f"{url}/blobs/{manifest['config']['digest']}").content
-        layers = []
-        for entry in manifest["layers"]:
-            data = http.request("GET", f"{url}/blobs/{entry['digest']}").content
-            descriptor = Descriptor(LAYER_GZIP, entry["digest"], entry["size"])
-            target.put_blob(descriptor, iter([data]))
-            layers.append(descriptor)
-        ours = Descriptor(LAYER_GZIP, layer.digest, layer.size)
-        target.put_blob(ours, _chunks(layer))
-        image = json.loads(config)
-        image["rootfs"]["diff_ids"].append(layer.diff_id)
-        image["config"]["Cmd"] = [f"/{PREFIX}/bin/hello"]
-        data = json.dumps(image).encode()
-        config_descriptor = Descriptor(
-            "application/vnd.oci.image.config.v1+json",
-            "sha256:" + hashlib.sha256(data).hexdigest(),
-            len(data),
-        )
-        target.put_blob(config_descriptor, iter([data]))
-        body = {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": _json(config_descriptor),
-            "layers": [_json(d) for d in (*layers, ours)],
-        }
-        written = Manifest(OCI_MANIFEST, json.dumps(body).encode())
-        target.put_manifest("layered", written)
+        described = base.resolve(image.tag or "latest")
+        assert described is not None
+        settings = ImageSettings(cmd=[f"/{PREFIX}/bin/hello"])
+        written = assemble(base, described.digest, target, "layered", [layer],
+                           lambda layer: iter([layer.path.read_bytes()]), settings,
+                           "linux/amd64")  # fmt: skip
+        pinned = target.reference(written.digest)
     finally:
-        http.close()
+        base.close()
         target.close()
-    pinned = f"{target.reference('layered').rsplit(':', 1)[0]}@{written.digest}"
     docker(services, "pull", pinned)
     assert docker(services, "run", "--rm", "--network", "none", pinned).strip() == (
         "hello from the layer"
@@ -164,21 +134,3 @@ def test_an_engine_pulls_and_runs_an_image_with_the_layer(
         "sh", "-c", f"readlink /{PREFIX}/lib/libz.so.1 && stat -c '%a %u' /{PREFIX}/bin/hello",
     )  # fmt: skip
     assert listed.split() == ["libz.so.1.3", "755", "0"]
-    diff_ids = json.loads(
-        docker(services, "image", "inspect", "-f", "{{json .RootFS.Layers}}", pinned)
-    )
-    assert diff_ids[-1] == layer.diff_id, "the engine reads the tar we hashed"
-
-
-def _chunks(layer: Layer) -> Iterator[bytes]:
-    with open(layer.path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            yield chunk
-
-
-def _json(descriptor: Descriptor) -> dict[str, object]:
-    return {
-        "mediaType": descriptor.media_type,
-        "digest": descriptor.digest,
-        "size": descriptor.size,
-    }
