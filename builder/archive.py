@@ -39,8 +39,8 @@ def import_archive(archive: Path, registry: StoreRegistry, tag: str) -> str:
     body = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
-        "config": _json(blobs[0]),
-        "layers": [_json(layer) for layer in blobs[1:]],
+        "config": blobs[0].as_json(),
+        "layers": [layer.as_json() for layer in blobs[1:]],
     }
     manifest = Manifest(OCI_MANIFEST, json.dumps(body, separators=(",", ":")).encode())
     registry.put_manifest(tag, manifest)
@@ -68,11 +68,3 @@ def _digest(handle: IO[bytes]) -> str:
 
 def _sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def _json(descriptor: Descriptor) -> dict[str, object]:
-    return {
-        "mediaType": descriptor.media_type,
-        "digest": descriptor.digest,
-        "size": descriptor.size,
-    }

@@ -26,11 +26,8 @@ from registry.store import StoreRegistry
 
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 UPLOADS = 4  # blobs sent at once: a registry's upload is latency-bound, not CPU-bound
-# the Docker media types of the same bytes, named as OCI names them
-_OCI_NAMES = {
-    "application/vnd.docker.image.rootfs.diff.tar.gzip": LAYER_GZIP,
-    "application/vnd.docker.container.image.v1+json": OCI_CONFIG,
-}
+# a base layer's Docker media type, named as OCI names the same bytes
+_DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 
 
 @dataclass(frozen=True)
@@ -77,9 +74,9 @@ def assemble(
     out = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
-        "config": _json(config_out),
-        "layers": [_json(_oci(d)) for d in base_layers]
-        + [_json(Descriptor(layer.media_type, layer.digest, layer.size)) for layer in layers],
+        "config": config_out.as_json(),
+        "layers": [_oci(d).as_json() for d in base_layers]
+        + [Descriptor(layer.media_type, layer.digest, layer.size).as_json() for layer in layers],
         "annotations": {"org.opencontainers.image.base.digest": manifest.digest},
     }
     written = Manifest(
@@ -152,16 +149,9 @@ def _config(
 
 
 def _oci(descriptor: Descriptor) -> Descriptor:
-    name = _OCI_NAMES.get(descriptor.media_type, descriptor.media_type)
-    return Descriptor(name, descriptor.digest, descriptor.size)
-
-
-def _json(descriptor: Descriptor) -> dict[str, Any]:
-    return {
-        "mediaType": descriptor.media_type,
-        "digest": descriptor.digest,
-        "size": descriptor.size,
-    }
+    if descriptor.media_type != _DOCKER_LAYER:
+        return descriptor
+    return Descriptor(LAYER_GZIP, descriptor.digest, descriptor.size)
 
 
 def _sha256(data: bytes) -> str:

@@ -71,6 +71,10 @@ class Descriptor:
         """Read `{"mediaType", "digest", "size"}`."""
         return cls(str(value.get("mediaType", "")), str(value["digest"]), int(value["size"]))
 
+    def as_json(self) -> dict[str, Any]:
+        """`{"mediaType", "digest", "size"}`, as a manifest or index names it."""
+        return {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+
 
 @dataclass(frozen=True)
 class Manifest:

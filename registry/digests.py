@@ -25,10 +25,14 @@ from registry.http import (
     check,
 )
 
+REMEMBERED = 4096  # tags a resolver keeps pinned (a spec names a few; a workspace may name many)
+
 
 class DigestResolver:
     """Resolves tags to digests over HTTP; remembers answers for its own lifetime, or for
-    `ttl` seconds (a long-running server must notice a moved tag: that is a new key)."""
+    `ttl` seconds (a long-running server must notice a moved tag: that is a new key), the
+    `remember` most recent at most. What it holds is bounded whatever tags its callers name:
+    the answers, and a lock per tag only while that tag is being asked for."""
 
     def __init__(
         self,
@@ -39,6 +43,7 @@ class DigestResolver:
         credentials: Credentials | CredentialSource | None = None,
         retries: int | RetryPolicy = DEFAULT_RETRIES,
         ttl: float | None = None,
+        remember: int = REMEMBERED,
     ) -> None:
         self._http = RegistryClient(
             credentials=credentials,
@@ -48,6 +53,7 @@ class DigestResolver:
             client=client,
         )
         self._ttl = ttl
+        self._remember = remember
         self._seen: dict[ImageName, tuple[str, float]] = {}
         self._locks: dict[ImageName, threading.Lock] = {}
         self._guard = threading.Lock()
@@ -69,17 +75,30 @@ class DigestResolver:
         known = self.remembered(image)
         if known is not None:
             return known
-        with self._lock(image):  # one HEAD per tag at a time: callers after it take its answer
-            known = self.remembered(image)
-            if known is None:
-                digest = self._head_digest(image)
-                self._seen[image] = (digest, time.monotonic())
-                known = image.with_digest(digest)
+        lock = self._lock(image)
+        try:
+            with lock:  # one HEAD per tag at a time: callers after it take its answer
+                known = self.remembered(image)
+                if known is None:
+                    digest = self._head_digest(image)
+                    self._keep(image, digest)
+                    known = image.with_digest(digest)
+        finally:
+            with self._guard:
+                if self._locks.get(image) is lock:  # a caller that comes later makes a new one
+                    del self._locks[image]
         return known
 
     def _lock(self, image: ImageName) -> threading.Lock:
         with self._guard:
             return self._locks.setdefault(image, threading.Lock())
+
+    def _keep(self, image: ImageName, digest: str) -> None:
+        with self._guard:
+            self._seen.pop(image, None)  # to the end: the least recently pinned go first
+            self._seen[image] = (digest, time.monotonic())
+            while len(self._seen) > self._remember:
+                del self._seen[next(iter(self._seen))]
 
     def remembered(self, image: ImageName) -> ImageName | None:
         """`image` pinned from what this resolver knows and still trusts, without asking the

@@ -130,11 +130,7 @@ class LayoutRegistry(StoreRegistry):
         descriptor = manifest.descriptor
         if not self.has_blob(descriptor.digest):
             self.put_blob(descriptor, iter((manifest.data,)))
-        entry: dict[str, Any] = {
-            "mediaType": descriptor.media_type,
-            "digest": descriptor.digest,
-            "size": descriptor.size,
-        }
+        entry = descriptor.as_json()
 
         def change(entries: Entries) -> Entries | None:
             if tag is None:

@@ -57,8 +57,8 @@ def push_image(
     body = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
-        "config": _json(blobs[0][0]),
-        "layers": [_json(blobs[1][0])],
+        "config": blobs[0][0].as_json(),
+        "layers": [blobs[1][0].as_json()],
     }
     manifest = Manifest(OCI_MANIFEST, json.dumps(body).encode())
     registry.put_manifest(tag or manifest.digest, manifest)
@@ -71,7 +71,7 @@ def push_index(registry: StoreRegistry, tag: str) -> Manifest:
     for arch in ("amd64", "arm64"):
         child = push_image(registry, None, arch=arch)
         children.append(
-            {**_json(child.descriptor), "platform": {"os": "linux", "architecture": arch}}
+            {**child.descriptor.as_json(), "platform": {"os": "linux", "architecture": arch}}
         )
     body = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": children}
     index = Manifest(OCI_INDEX, json.dumps(body).encode())
@@ -82,11 +82,3 @@ def push_index(registry: StoreRegistry, tag: str) -> Manifest:
 def layer_of(manifest: Manifest) -> Descriptor:
     """The (first) layer of an image manifest."""
     return next(d for d in manifest.references() if d.media_type != _CONFIG)
-
-
-def _json(descriptor: Descriptor) -> dict[str, object]:
-    return {
-        "mediaType": descriptor.media_type,
-        "digest": descriptor.digest,
-        "size": descriptor.size,
-    }

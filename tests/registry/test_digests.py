@@ -111,3 +111,22 @@ def test_a_resolver_with_a_ttl_notices_a_moved_tag_and_one_without_keeps_its_ans
         assert remembered is not None
         assert remembered.digest == before
         assert follows.remembered(image) is None  # its answer is too old to trust
+
+
+def test_what_a_resolver_holds_is_bounded_whatever_tags_it_is_asked_for(
+    services: Services,
+) -> None:
+    """A workspace names any tags it likes: the resolver keeps the `remember` most recent
+    answers, and no lock for a tag once nobody asks for it (missing ones included)."""
+    images = [parse_image(i) for i in (services.base_image, services.busybox_image,
+                                        services.python_image)]  # fmt: skip
+    with DigestResolver(remember=2) as resolver:
+        for image in images:
+            resolver.resolve(image)
+        assert resolver.remembered(images[0]) is None  # the oldest went
+        assert all(resolver.remembered(image) is not None for image in images[1:])
+        missing = parse_image(services.busybox_image).name
+        for n in range(50):
+            with pytest.raises(ImageNotFound):
+                resolver.resolve(parse_image(f"{missing}:no-such-tag-{n}"))
+        assert resolver._locks == {}

@@ -17,7 +17,6 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -93,12 +92,12 @@ def test_the_files_follow_the_image_layout_spec(tmp_path: Path) -> None:
     assert body["mediaType"] == OCI_INDEX
     tagged = {e["annotations"][REF_NAME]: e for e in body["manifests"] if "annotations" in e}
     assert tagged == {
-        key: {**_descriptor_json(image.descriptor), "annotations": {REF_NAME: key}},
-        index_key: {**_descriptor_json(index.descriptor), "annotations": {REF_NAME: index_key}},
+        key: {**image.descriptor.as_json(), "annotations": {REF_NAME: key}},
+        index_key: {**index.descriptor.as_json(), "annotations": {REF_NAME: index_key}},
     }
     # Children put by digest are listed untagged, as skopeo lists them.
     untagged = [e for e in body["manifests"] if "annotations" not in e]
-    assert untagged == [_descriptor_json(child) for child in index.references()]
+    assert untagged == [child.as_json() for child in index.references()]
     # Every blob and every manifest is a file named by the sha256 of its bytes.
     files = {p.name: p.read_bytes() for p in (registry.path / "blobs" / "sha256").iterdir()}
     assert all(name == hashlib.sha256(data).hexdigest() for name, data in files.items())
@@ -108,14 +107,6 @@ def test_the_files_follow_the_image_layout_spec(tmp_path: Path) -> None:
         assert files[manifest.digest.removeprefix("sha256:")] == manifest.data
     assert registry.tags() == sorted([key, index_key])
     assert _leftovers(registry) == []
-
-
-def _descriptor_json(descriptor: Descriptor) -> dict[str, Any]:
-    return {
-        "mediaType": descriptor.media_type,
-        "digest": descriptor.digest,
-        "size": descriptor.size,
-    }
 
 
 def test_a_manifest_is_found_by_digest_tagged_untagged_or_only_on_disk(tmp_path: Path) -> None:
@@ -200,7 +191,7 @@ def _push_busybox(registry: LayoutRegistry, tag: str, greeting: str) -> str:
     ):
         descriptor = Descriptor(media_type, _sha256(data), len(data))
         registry.put_blob(descriptor, iter([data]))
-        descriptors.append(_descriptor_json(descriptor))
+        descriptors.append(descriptor.as_json())
     body = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
@@ -377,7 +368,7 @@ def test_a_manifest_with_missing_blobs_writes_nothing(tmp_path: Path) -> None:
     body = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
-        "config": _descriptor_json(Descriptor("application/json", "sha256:" + "e" * 64, 2)),
+        "config": Descriptor("application/json", "sha256:" + "e" * 64, 2).as_json(),
         "layers": [],
     }
     manifest = Manifest(OCI_MANIFEST, json.dumps(body).encode())
