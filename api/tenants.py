@@ -20,7 +20,7 @@ from api.records import GLOBAL_WORKSPACE, Workspace
 from api.settings import Settings
 from api.store import BuildStore
 from builder.docker import DockerBuilder
-from builder.pipeline import BuildConfig, DockerImageBuilder
+from builder.pipeline import BuildConfig, ImageBuilder
 from builder.resolve import Resolver
 from hashing import EnvKey, ImageName
 from hashing.errors import Kind
@@ -166,17 +166,17 @@ class Tenants:
             credentials=functools.partial(_pull_source, pull_registries, pull_credentials),
         )
         closers.append(tags.close)
-        if pull_registries is not None:
-            config = BuildConfig(
-                s.home,
-                credentials,
-                pull_registries=pull_registries,
-                pull_credentials=pull_credentials,
-                confirm_read=tags.confirm,
-            )
-        else:
-            config = BuildConfig(s.home, credentials, pull_credentials=pull_credentials)
-        builder = DockerImageBuilder(own, self._engine, config)
+        config = BuildConfig(
+            s.home,
+            credentials,
+            pull_registries=pull_registries,
+            pull_credentials=pull_credentials,
+            confirm_read=tags.confirm if pull_registries is not None else None,
+            insecure=s.insecure_registries,
+            # envctl reads a base image with what the engine would pull it with
+            base_credentials=functools.partial(_pull_source, pull_registries, pull_credentials),
+        )
+        builder = ImageBuilder(own, self._engine, config)
         state = s.home / "workspaces" / workspace.name
         resolver = Resolver(tiers, builder, state=state)
         return Tenant(tiers, resolver, tags, stored, time.monotonic(), closers)

@@ -9,13 +9,15 @@ uncompressed, as the engine saved them: their digests are then the image's diff_
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
 from builder.errors import BuildError
+from builder.layer import ChunkReader
 from registry.base import OCI_MANIFEST, Descriptor, Manifest
 from registry.store import StoreRegistry
 
@@ -68,3 +70,34 @@ def _digest(handle: IO[bytes]) -> str:
 
 def _sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def export_archive(registry: StoreRegistry, digest: str, tag: str, out: Path) -> None:
+    """Write the image `digest` of `registry` to `out` in the `docker save` format, named `tag`,
+    for an engine to load (its layers as they are stored: the engine reads gzip or plain)."""
+    manifest = registry.get_manifest(digest)
+    if manifest is None or manifest.is_index:
+        raise BuildError(f"{registry.reference(digest)} is not an image manifest")
+    body = json.loads(manifest.data)
+    config = Descriptor.from_json(body["config"])
+    layers = [Descriptor.from_json(d) for d in body.get("layers", [])]
+    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
+        names = []
+        for descriptor in (config, *layers):
+            name = f"blobs/sha256/{descriptor.digest.removeprefix('sha256:')}"
+            if name in names:
+                continue
+            names.append(name)
+            info = tarfile.TarInfo(name)
+            info.size = descriptor.size
+            with registry.read_blob(descriptor) as chunks:
+                tar.addfile(info, cast(IO[bytes], ChunkReader(chunks)))
+        entry = [{
+            "Config": names[0],
+            "RepoTags": [tag],
+            "Layers": [f"blobs/sha256/{d.digest.removeprefix('sha256:')}" for d in layers],
+        }]  # fmt: skip
+        data = json.dumps(entry).encode()
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))

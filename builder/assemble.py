@@ -25,6 +25,8 @@ from registry.base import OCI_MANIFEST, Descriptor, Manifest
 from registry.store import StoreRegistry
 
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+MAX_CONFIG = 8 << 20  # bytes of a base image's config read into memory, at most
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # Docker's
 UPLOADS = 4  # blobs sent at once: a registry's upload is latency-bound, not CPU-bound
 # a base layer's Docker media type, named as OCI names the same bytes
 _DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
@@ -44,25 +46,35 @@ def assemble(
     base: StoreRegistry,
     base_digest: str,
     target: StoreRegistry,
-    tag: str,
+    tag: str | None,
     layers: Sequence[Layer],
     read: Callable[[Layer], Iterator[bytes]],
     settings: ImageSettings,
     platform: str,
+    *,
+    below: Manifest | None = None,
+    on_send: Callable[[Layer], None] | None = None,
 ) -> Manifest:
-    """Write `base_digest` of `base` plus `layers` (read with `read`) to `target` under `tag`;
-    the manifest written. `platform` (normalized, `linux/amd64`) picks the base's manifest when
-    it is an index."""
-    manifest = _platform_manifest(base, base_digest, platform)
+    """Write `base_digest` of `base` plus `layers` (read with `read`) to `target` under `tag`
+    (None: by digest only); the manifest written. `platform` (normalized, `linux/amd64`) picks
+    the base's manifest when it is an index; `below` is that manifest when the caller has read
+    it already. `on_send` hears of each layer the target lacked, once it is sent."""
+    manifest = below or platform_manifest(base, base_digest, platform)
     body = json.loads(manifest.data)
     config_descriptor = Descriptor.from_json(body["config"])
+    if config_descriptor.size > MAX_CONFIG:
+        raise BuildError(f"the base image's config is larger than {MAX_CONFIG} bytes")
     with base.read_blob(config_descriptor) as chunks:
         config = json.loads(b"".join(chunks))
     base_layers = [Descriptor.from_json(d) for d in body.get("layers", [])]
 
+    def send(layer: Layer) -> None:
+        if _send(target, layer, read) and on_send is not None:
+            on_send(layer)
+
     with ThreadPoolExecutor(UPLOADS) as pool:
         copies = [pool.submit(_link, base, target, d) for d in base_layers]
-        sends = [pool.submit(_send, target, layer, read) for layer in layers]
+        sends = [pool.submit(send, layer) for layer in layers]
         for future in (*copies, *sends):
             future.result()
 
@@ -83,11 +95,18 @@ def assemble(
         OCI_MANIFEST, json.dumps(out, sort_keys=True, separators=(",", ":")).encode()
     )
     target.put_manifest(written.digest, written)
-    target.put_manifest(tag, written)  # last: before this, nothing names the image
+    if tag is not None:
+        target.put_manifest(tag, written)  # last: before this, nothing names the image
     return written
 
 
-def _platform_manifest(base: StoreRegistry, digest: str, platform: str) -> Manifest:
+def layer_count(manifest: Manifest) -> int:
+    """How many layers an image manifest lists."""
+    return len(json.loads(manifest.data).get("layers", []))
+
+
+def platform_manifest(base: StoreRegistry, digest: str, platform: str) -> Manifest:
+    """The image manifest of `digest` for `platform`: itself, or its index's entry."""
     manifest = base.get_manifest(digest)
     if manifest is None:
         raise BuildError(f"the base image {base.reference(digest)} is gone from its registry")
@@ -95,7 +114,7 @@ def _platform_manifest(base: StoreRegistry, digest: str, platform: str) -> Manif
         return manifest
     for child in json.loads(manifest.data).get("manifests", []):
         if _platform_of(child.get("platform") or {}) == platform:
-            return _platform_manifest(base, str(child["digest"]), platform)
+            return platform_manifest(base, str(child["digest"]), platform)
     raise BuildError(f"the base image {base.reference(digest)} has no {platform} manifest")
 
 
@@ -118,9 +137,12 @@ def _link(base: StoreRegistry, target: StoreRegistry, descriptor: Descriptor) ->
         target.put_blob(descriptor, chunks)
 
 
-def _send(target: StoreRegistry, layer: Layer, read: Callable[[Layer], Iterator[bytes]]) -> None:
-    if not target.has_blob(layer.digest):
-        target.put_blob(Descriptor(layer.media_type, layer.digest, layer.size), read(layer))
+def _send(target: StoreRegistry, layer: Layer, read: Callable[[Layer], Iterator[bytes]]) -> bool:
+    """Send `layer` unless `target` has it; whether it was sent."""
+    if target.has_blob(layer.digest):
+        return False
+    target.put_blob(Descriptor(layer.media_type, layer.digest, layer.size), read(layer))
+    return True
 
 
 def _config(
@@ -131,7 +153,9 @@ def _config(
     inner = dict(config.get("config") or {})
     env = dict(item.split("=", 1) for item in inner.get("Env") or [] if "=" in item)
     for name, value in settings.env.items():
-        env[name] = value.replace("$PATH", env.get("PATH", "")) if name == "PATH" else value
+        # a base without PATH (`docker import`, FROM scratch) gets Docker's default under it
+        below = env.get("PATH") or DEFAULT_PATH
+        env[name] = value.replace("$PATH", below) if name == "PATH" else value
     inner["Env"] = [f"{name}={value}" for name, value in env.items()]
     inner["Labels"] = {**(inner.get("Labels") or {}), **settings.labels}
     if settings.cmd is not None:

@@ -28,7 +28,7 @@ import json
 import re
 import tempfile
 import warnings
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
@@ -229,20 +229,42 @@ def install(
     StepFailed (a package that cannot be fetched or linked, e.g. `prefix` longer than a
     binary placeholder) or BuildTimeout.
     """
+    records = list(lock.records or CondaLock.from_text(lock.text, lock.platform).records)
+    install_records(
+        records, platform=lock.platform, prefix=prefix, target=target,
+        cache_dir=cache_dir / "pkgs", timeout=timeout,
+    )  # fmt: skip
+    _tidy(target)
+
+
+def install_records(
+    records: Sequence[rattler.RepoDataRecord],
+    *,
+    platform: str,
+    prefix: str,
+    target: Path,
+    cache_dir: Path,
+    ignored: Collection[str] = (),
+    timeout: float = 1800,
+) -> None:
+    """Install `records` (a whole solve, for subdir `platform`) under `target` for `prefix`, as
+    `install` does, but leave out the packages named in `ignored`: they take part in the
+    transaction (a `noarch: python` package finds its python's version) and write nothing.
+    `cache_dir` is rattler's package cache itself."""
     if not PurePosixPath(prefix).is_absolute():
         raise ValueError(f"the prefix must be an absolute path: {prefix!r}")
     if target.exists() and any(target.iterdir()):
         raise ValueError(f"install needs an empty target folder: {target}")
-    records = list(lock.records or CondaLock.from_text(lock.text, lock.platform).records)
 
     def run() -> Awaitable[None]:
         return rattler.install(
-            records,
+            list(records),
             target_prefix=target,
             alternative_target_prefix=prefix,
-            cache_dir=cache_dir / "pkgs",
+            cache_dir=cache_dir,
             installed_packages=[],
-            platform=rattler.Subdir(lock.platform),
+            ignored_packages=set(ignored),
+            platform=rattler.Subdir(platform),
             execute_link_scripts=False,
             show_progress=False,
         )
@@ -258,7 +280,6 @@ def install(
         raise BuildTimeout(
             f"installing the conda environment took longer than {timeout:g} s"
         ) from None
-    _tidy(target)
 
 
 def _run(factory: Callable[[], Awaitable[T]], timeout: float) -> T:

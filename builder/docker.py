@@ -1,6 +1,6 @@
-"""Run a rendered build on a Docker engine, through the docker SDK (the classic builder).
+"""Run the docker steps of a build on a Docker engine, through the docker SDK (the classic
+builder), and what else envctl asks of an engine (a base image's python, loading an image).
 
-    write_context(BuildContext, dir)   the Dockerfile and .envctl/requirements.txt, into a context
     DockerBuilder.build(dir, tag=…)    -> image id; the log goes to on_log line by line
     DockerBuilder.push(tag)            -> manifest digest
     DockerBuilder.remove(tag)          best effort
@@ -38,7 +38,6 @@ import docker.errors
 import requests
 
 from builder.errors import BuildError, BuildTimeout, EngineUnavailable, StepFailed
-from builder.render import REQUIREMENTS_FILE, BuildContext
 from builder.stream import JsonLog, OnLog
 from registry.auth import Credentials
 from registry.errors import RegistryAuthError, RegistryUnavailable
@@ -49,19 +48,6 @@ Network = Literal["none", "host", "default"]
 _API_TIMEOUT = 60  # seconds, for calls other than the build stream (inspect, push reads, remove)
 _CPU_PERIOD = 100_000  # µs; `cpus=N` is a quota of N periods per period, as `docker run --cpus`
 _CANCEL_GRACE = 15.0  # seconds for the engine to kill and remove a cancelled build's container
-
-
-def write_context(context: BuildContext, target: Path) -> None:
-    """Write the Dockerfile and the pip lock (`.envctl/pip/requirements.txt`) into `target`.
-
-    The caller puts the installed environment at `context.env_dir`, and the user's context files.
-    """
-    target.mkdir(parents=True, exist_ok=True)
-    (target / "Dockerfile").write_text(context.dockerfile)
-    if context.pip_requirements is not None:
-        requirements = target / REQUIREMENTS_FILE
-        requirements.parent.mkdir(parents=True, exist_ok=True)
-        requirements.write_text(context.pip_requirements)
 
 
 # How the engine words a registry it cannot reach, or one that refuses it, in its streams.
@@ -223,7 +209,14 @@ class DockerBuilder:
 
     def python_version(self, image: str) -> str:
         """`MAJOR.MINOR` of the `python3` that `image` runs (pulled first if missing)."""
-        script = "import sys; print('%d.%d' % sys.version_info[:2])"
+        output = self.run_python(image, "import sys; print('%d.%d' % sys.version_info[:2])")
+        if not re.fullmatch(r"\d+\.\d+", output):
+            raise StepFailed(f"pip requirements need python3, and {image} has none that runs")
+        return output
+
+    def run_python(self, image: str, script: str) -> str:
+        """What `python3 -c script` prints in a container of `image` (pulled first if missing),
+        with no network; StepFailed when it fails or prints more than 64 kB."""
         try:
             try:
                 self._api.inspect_image(image)  # type: ignore[no-untyped-call]
@@ -236,18 +229,31 @@ class DockerBuilder:
             try:
                 self._api.start(container)
                 status = self._api.wait(container, timeout=120)["StatusCode"]
-                output = self._api.logs(container, stdout=True, stderr=True).decode().strip()
+                output = self._api.logs(container, stdout=True, stderr=True, tail=200)
             finally:
                 self._api.remove_container(container, force=True)
         except requests.RequestException as exc:  # refused, reset or timed out: the engine's
             raise EngineUnavailable(f"the Docker engine at {self.base_url}: {exc}") from exc
         except docker.errors.DockerException as exc:
             raise BuildError(f"cannot run python3 on {image}: {exc}") from exc
-        if status != 0 or not re.fullmatch(r"\d+\.\d+", output):
+        text = output[: 64 << 10].decode(errors="replace").strip()
+        if status != 0:
             raise StepFailed(
-                f"pip requirements need python3, and {image} has none that runs ({output[-300:]})"
+                f"pip requirements need python3, and {image} has none that runs ({text[-300:]})"
             )
-        return output
+        return text
+
+    def load(self, archive: Path) -> None:
+        """Load an image archive (`docker save` format) into the engine."""
+        try:
+            with open(archive, "rb") as data:
+                for chunk in self._api.load_image(data):  # type: ignore[no-untyped-call]
+                    if isinstance(chunk, dict) and chunk.get("error"):
+                        raise BuildError(f"the engine cannot load the image: {chunk['error']}")
+        except requests.RequestException as exc:
+            raise EngineUnavailable(f"the Docker engine at {self.base_url}: {exc}") from exc
+        except docker.errors.DockerException as exc:
+            raise BuildError(f"the engine cannot load the image: {exc}") from exc
 
     def remove(self, tag: str) -> None:
         """Untag `tag`, deleting the image when nothing else uses it. Never raises."""

@@ -5,6 +5,7 @@
         ├── SolveError         deterministic: the conda dependencies cannot be satisfied
         ├── StepFailed         deterministic: an install step or a docker step failed
         ├── LayerError         deterministic: a tree holds what a layer cannot (a device, a FIFO)
+        │   └── CorruptLayer   transient: a cached layer was corrupt and is dropped; made again
         ├── BuildTimeout       the build ran longer than its limit (not remembered: load-dependent)
         ├── EngineUnavailable  transient: the Docker engine could not be reached
         ├── ChannelUnavailable transient: a conda channel could not be reached
@@ -57,6 +58,14 @@ class LayerError(BuildError):
     """A tree cannot be written as a layer: it holds a device, socket or FIFO."""
 
     deterministic = True
+
+
+class CorruptLayer(LayerError):
+    """A cached layer's bytes are not its digest (a disk error, a hand edit). Its entry is
+    gone when this is raised, so the same build made again succeeds: retried, not remembered."""
+
+    deterministic = False
+    kind = Kind.UNAVAILABLE
 
 
 class BuildTimeout(BuildError):

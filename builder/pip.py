@@ -1,37 +1,51 @@
-"""pip requirements: resolved once on the builder host, installed in the image without resolving.
+"""pip requirements: resolved once on the builder host by uv, fetched by hash, no pip in the image.
 
-    resolve   pip's own resolver (`pip install --dry-run --report`) for the image's Python version
-              and platform, from the operator's index or find-links only (they are part of the
-              key; a spec's own sources never reach pip) → pins with hashes: the lock
-    download  exactly the pinned wheels, checked against their hashes, into the build context
-    install   in the image: `pip install --no-deps --no-index --require-hashes`, offline
+    resolve   `uv pip compile` for the image's Python version and platform, from the operator's
+              index or find-links only (they are part of the key; a spec's own sources never
+              reach the resolver), read from its `pylock.toml` → one wheel per package, the one
+              the image runs best (packaging's tag order), pinned by sha256: the lock
+    fetch     one pinned wheel, streamed and checked against its sha256, size bounded, from the
+              operator's sources only (a `file:` wheel must be under one of its find-links)
 
-So the image gets what the lock says (recorded in the metadata), and the build steps need no
-network. Only wheels are accepted: building sdists would run arbitrary code on the host.
+The lock text (`name==version --hash=sha256:…`, sorted) is what the metadata records; the wheels
+are installed into layers by builder.envlayers. Only wheels are accepted: building an sdist
+would run its code on the host.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
+import os
 import subprocess
-import sys
+import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
-from packaging.utils import canonicalize_name
+import httpx
+import uv
+from packaging.tags import Tag, compatible_tags, cpython_tags
+from packaging.utils import canonicalize_name, parse_wheel_filename
 
-from builder.errors import ChannelUnavailable, SolveError
+from builder.envlayers import LockedWheel
+from builder.errors import ChannelUnavailable, SolveError, StepFailed
+from hashing.conda import pip_option_flag
 
 _ARCHES = {"linux/amd64": "x86_64", "linux/arm64": "aarch64"}
-_NETWORK_TROUBLE = ("Connection", "Max retries", "Temporary failure", "timed out", "Network")
+GLIBC_MINOR = 28  # the glibc every supported base has (builder.conda.GLIBC_VERSION)
+MAX_WHEEL = 4 << 30  # bytes; no wheel of a real index comes near it
+_CHUNK = 1 << 20
+_NETWORK_TROUBLE = ("Connection", "connect", "timed out", "dns error", "Network", "tcp")
 
 
 @dataclass(frozen=True)
 class PipLock:
-    """The resolution: one `name==version --hash=sha256:…` line per package, sorted."""
+    """The resolution: one `name==version --hash=sha256:…` line per package, sorted, and the
+    wheel each line pins."""
 
     text: str
+    wheels: tuple[LockedWheel, ...] = ()
 
     @property
     def names(self) -> list[str]:
@@ -40,13 +54,22 @@ class PipLock:
 
 
 def platform_tags(platform: str) -> list[str]:
-    """pip `--platform` tags of the wheels that run on an image platform (glibc based)."""
+    """The platform tags of wheels that run on an image platform (glibc based), best first."""
     arch = _ARCHES.get(platform)
     if arch is None:
         raise SolveError(f"pip requirements are not supported for platform {platform}")
-    return [f"manylinux_2_{minor}_{arch}" for minor in (17, 28, 31, 34, 36)] + [
-        f"manylinux2014_{arch}",
-        f"linux_{arch}",
+    manylinux = [f"manylinux_2_{minor}_{arch}" for minor in range(GLIBC_MINOR, 16, -1)]
+    legacy = [f"manylinux2014_{arch}"] + ([f"manylinux1_{arch}"] if arch == "x86_64" else [])
+    return [*manylinux, *legacy, f"linux_{arch}"]
+
+
+def supported_tags(python_version: str, platform: str) -> list[Tag]:
+    """The wheel tags CPython `python_version` runs on `platform`, best first."""
+    major, minor = (int(part) for part in python_version.split("."))
+    platforms = platform_tags(platform)
+    return [
+        *cpython_tags((major, minor), platforms=platforms),
+        *compatible_tags((major, minor), interpreter=f"cp{major}{minor}", platforms=platforms),
     ]
 
 
@@ -57,70 +80,153 @@ def resolve(
     python_version: str,
     platform: str,
     work: Path,
+    cache: Path,
 ) -> PipLock:
     """Pin `requirements` (and their dependencies) for `python_version` on `platform`;
     `options` are the operator's sources and the spec's allowlisted resolver options
-    (CondaEnvironment.pip_arguments)."""
+    (CondaEnvironment.pip_arguments); `cache` is uv's cache folder."""
     work.mkdir(parents=True, exist_ok=True)
-    report = work / "pip-report.json"
-    _pip(
-        "install", "--dry-run", "--ignore-installed", "--report", str(report),
-        "--target", str(work / "never-written"),
-        *_target(python_version, platform), *options, *requirements,
+    (work / "requirements.in").write_text("".join(f"{line}\n" for line in requirements))
+    out = work / "pylock.toml"
+    arch = _ARCHES.get(platform)
+    if arch is None:
+        raise SolveError(f"pip requirements are not supported for platform {platform}")
+    _uv(
+        "pip", "compile", str(work / "requirements.in"), "-o", str(out),
+        "--format", "pylock.toml", "--python-version", python_version,
+        "--python-platform", f"{arch}-manylinux_2_{GLIBC_MINOR}",
+        "--only-binary", ":all:", "--no-header", "--no-annotate", "--quiet",
+        "--cache-dir", str(cache), *_uv_options(options),
     )  # fmt: skip
-    pins = []
-    for item in json.loads(report.read_text())["install"]:
-        name = canonicalize_name(item["metadata"]["name"])
-        digest = item["download_info"].get("archive_info", {}).get("hashes", {}).get("sha256")
-        if digest is None:
-            raise SolveError(f"pip found {name} without a sha256 to pin it by")
-        pins.append(f"{name}=={item['metadata']['version']} --hash=sha256:{digest}")
-    return PipLock("".join(f"{pin}\n" for pin in sorted(pins)))
+    try:
+        lock = tomllib.loads(out.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SolveError(f"uv wrote no lock it can read back: {exc}") from None
+    tags = {tag: rank for rank, tag in enumerate(supported_tags(python_version, platform))}
+    wheels = [_best(package, tags) for package in lock.get("packages", [])]
+    wheels.sort(key=lambda wheel: wheel.name)
+    text = "".join(f"{w.name}=={w.version} --hash=sha256:{w.sha256}\n" for w in wheels)
+    return PipLock(text, tuple(wheels))
 
 
-def download(
-    lock: PipLock, options: Sequence[str], *, python_version: str, platform: str, target: Path
-) -> None:
-    """Fetch exactly the pinned wheels into `target` (pip checks every hash), from where
-    `options` say."""
-    target.mkdir(parents=True, exist_ok=True)
-    pins = target.parent / "pip.lock.txt"
-    pins.write_text(lock.text)
-    _pip(
-        "download", "--no-deps", "--require-hashes", "-d", str(target), "-r", str(pins),
-        *_target(python_version, platform), *options,
-    )  # fmt: skip
+def _best(package: dict[str, object], tags: dict[Tag, int]) -> LockedWheel:
+    """The wheel of a pylock package entry that the image runs best."""
+    name = canonicalize_name(str(package.get("name", "")))
+    found: list[tuple[int, LockedWheel]] = []
+    entries = package.get("wheels")
+    for entry in entries if isinstance(entries, list) else []:
+        url = str(entry.get("url") or "")
+        filename = unquote(urlsplit(url).path.rsplit("/", 1)[-1]) or str(entry.get("name", ""))
+        sha256 = str((entry.get("hashes") or {}).get("sha256", ""))
+        try:
+            _, _, _, wheel_tags = parse_wheel_filename(filename)
+        except ValueError:
+            continue
+        ranks = [tags[tag] for tag in wheel_tags if tag in tags]
+        if ranks and len(sha256) == 64 and url:
+            version = str(package.get("version", ""))
+            found.append((min(ranks), LockedWheel(name, version, filename, url, sha256)))
+    if not found:
+        raise SolveError(f"no wheel of {name} runs on the image (envctl installs wheels only)")
+    return min(found, key=lambda item: (item[0], item[1].filename))[1]
 
 
-def _target(python_version: str, platform: str) -> list[str]:
-    tags = [arg for tag in platform_tags(platform) for arg in ("--platform", tag)]
-    return [
-        "--only-binary=:all:",
-        "--implementation",
-        "cp",
-        "--python-version",
-        python_version,
-        *tags,
-    ]
+def fetch(wheel: LockedWheel, folder: Path, *, sources: Sequence[str]) -> Path:
+    """Put `wheel` in `folder`, its sha256 checked as it is written; its path. A `file:` URL
+    must lie under one of the operator's `--find-links` folders in `sources`."""
+    if "/" in wheel.filename or wheel.filename.startswith("."):
+        raise StepFailed(f"not a wheel file name: {wheel.filename!r}")
+    target = folder / wheel.filename
+    hasher = hashlib.sha256()
+    size = 0
+    parts = urlsplit(wheel.url)
+    try:
+        with open(target, "wb") as out:
+            if parts.scheme == "file":
+                path = Path(unquote(parts.path)).resolve()
+                if not any(path.is_relative_to(root) for root in _local_roots(sources)):
+                    raise StepFailed(f"{wheel.url} is not under the operator's find-links")
+                with open(path, "rb") as source:
+                    while chunk := source.read(_CHUNK):
+                        size += len(chunk)
+                        if size > MAX_WHEEL:
+                            raise StepFailed(f"{wheel.filename} is larger than {MAX_WHEEL} bytes")
+                        hasher.update(chunk)
+                        out.write(chunk)
+            elif parts.scheme in ("http", "https"):
+                with httpx.stream("GET", wheel.url, timeout=60, follow_redirects=True) as reply:
+                    if reply.status_code >= 500 or reply.status_code in (408, 429):
+                        raise ChannelUnavailable(f"{wheel.url}: HTTP {reply.status_code}")
+                    if reply.status_code != 200:
+                        raise StepFailed(f"cannot fetch {wheel.url}: HTTP {reply.status_code}")
+                    for chunk in reply.iter_bytes(_CHUNK):
+                        size += len(chunk)
+                        if size > MAX_WHEEL:
+                            raise StepFailed(f"{wheel.filename} is larger than {MAX_WHEEL} bytes")
+                        hasher.update(chunk)
+                        out.write(chunk)
+            else:
+                raise StepFailed(f"cannot fetch {wheel.url}: not http, https or file")
+    except httpx.HTTPError as exc:
+        raise ChannelUnavailable(f"cannot fetch {wheel.url}: {exc}") from None
+    except FileNotFoundError:
+        raise StepFailed(f"cannot fetch {wheel.url}: no such file") from None
+    if hasher.hexdigest() != wheel.sha256:
+        target.unlink(missing_ok=True)
+        raise StepFailed(f"{wheel.url} is not the pinned wheel (sha256 {hasher.hexdigest()})")
+    return target
 
 
-def _pip(*args: str) -> None:
-    command = [
-        sys.executable,
-        "-m",
-        "pip",
-        *args,
-        "--quiet",
-        "--isolated",  # no PIP_* variables, no pip.conf: the operator's sources are the sources
-        "--no-input",
-        "--disable-pip-version-check",
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=600)
+def _local_roots(sources: Sequence[str]) -> list[Path]:
+    roots = []
+    for option in sources:
+        if pip_option_flag(option) != "--find-links":
+            continue
+        value = option.split("=", 1)[1] if "=" in option else option.split(None, 1)[-1]
+        if value.startswith("file:"):
+            value = unquote(urlsplit(value).path)
+        if "://" not in value:
+            roots.append(Path(value).resolve())
+    return roots
+
+
+def _uv_options(options: Sequence[str]) -> list[str]:
+    """pip's source and resolver options as uv takes them."""
+    out: list[str] = []
+    for option in options:
+        flag = pip_option_flag(option)
+        value = None
+        if "=" in option:
+            value = option.split("=", 1)[1]
+        elif " " in option:
+            value = option.split(None, 1)[1]
+        if flag == "--pre":
+            out += ["--prerelease", "allow"]
+        elif flag == "--trusted-host" and value is not None:
+            out += ["--allow-insecure-host", value]
+        elif flag in ("--prefer-binary", "--only-binary", "--require-hashes"):
+            continue  # uv resolves wheels only here, and every wheel is pinned by hash
+        elif value is None:
+            out.append(flag)
+        else:
+            out += [flag, value]
+    return out
+
+
+def _uv(*args: str) -> None:
+    command = [uv.find_uv_bin(), *args]
+    # no uv.toml, no UV_* or PIP_* variables: the operator's sources are the only sources
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "PIP_"))}
+    env |= {"UV_NO_CONFIG": "1", "UV_NO_PROGRESS": "1"}
+    try:
+        result = subprocess.run(
+            command, capture_output=True, text=True, check=False, timeout=600, env=env
+        )
+    except subprocess.TimeoutExpired:
+        raise ChannelUnavailable("resolving the pip requirements took longer than 600 s") from None
     if result.returncode == 0:
         return
-    reason = "\n".join(
-        line for line in result.stderr.splitlines() if "WARNING: Location" not in line
-    )
+    reason = result.stderr.strip()
     if any(word in reason for word in _NETWORK_TROUBLE):
-        raise ChannelUnavailable(f"pip could not reach its package index: {reason.strip()[-500:]}")
-    raise SolveError(f"pip cannot satisfy the requirements: {reason.strip()[-1500:]}")
+        raise ChannelUnavailable(f"uv could not reach its package index: {reason[-500:]}")
+    raise SolveError(f"the pip requirements cannot be satisfied: {reason[-1500:]}")

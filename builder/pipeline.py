@@ -1,34 +1,53 @@
-"""A build, start to finish: solve, install, build on the engine, push, register.
+"""A build, start to finish: solve, make the layers, write the image, run the steps, register.
 
-    solve (py-rattler) → lock → install into .envctl/env for its in-image prefix
-    part 1: FROM base@digest, labels, the environment, ENV, pip     context: the environment only
-    part 2: FROM part 1, the spec's docker steps                     context: the user's files only
-    push (the registry writes the tag after every blob) → verify the digest → metadata
+    solve (py-rattler) → one layer per conda package (builder.envlayers, cached per host)
+    resolve (uv) → one layer per wheel, installed on the host for the image's python
+    the image: the base by digest, those layers, conda-meta on top, a config envctl writes,
+      sent to the workspace registry with only the missing layers (builder.assemble); no engine
+    docker steps, when the spec has some: on the engine, FROM that image by digest, then pushed
+    verify the digest → metadata
 
-The build runs in two parts because the classic builder has one context per build: were the
-environment in the user's context, a `COPY . /app` step would copy it (and our Dockerfile) into
-the image, which the key never promised. Part 2's Dockerfile is hidden the way the Docker CLI
-hides a Dockerfile from outside the context: a random name that `.dockerignore` lists, which
-the daemon then removes from the context before any step runs.
+Nothing of the tenant's runs on the host: packages are linked and wheels unpacked by libraries,
+link scripts never run. Only the docker steps run, on the engine, with every limit of
+builder.docker. An environment without steps never touches the engine, except to ask a base
+image's python where wheels go (once per base digest, kept in ENVCTL_HOME).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from builder import pip
-from builder.archive import import_archive
-from builder.conda import LockedPackage, install, solve
+from builder.archive import export_archive, import_archive
+from builder.assemble import ImageSettings, assemble, layer_count, platform_manifest
+from builder.conda import CondaLock, solve
 from builder.context import copy_context
-from builder.docker import DockerBuilder, write_context
-from builder.errors import BuildError, DiskFull, disk_full
-from builder.render import ENV_DIR, WHEELS_DIR, env_prefix, render
+from builder.docker import DockerBuilder
+from builder.envlayers import (
+    ASK_PYTHON,
+    ENV_PREFIX,
+    LAYER_BUDGET,
+    MAX_LAYERS,
+    PackageLayer,
+    PythonScheme,
+    conda_layers,
+    conda_meta_layer,
+    finish,
+    remove_tree,
+    wheel_layers,
+)
+from builder.errors import BuildError, DiskFull, StepFailed, disk_full
+from builder.layer import Layer
+from builder.layercache import LayerCache
+from builder.render import image_labels
 from builder.resolve import OnEvent
 from hashing import (
     EnvironmentSpec,
@@ -36,15 +55,17 @@ from hashing import (
     ImageName,
     InvalidReference,
     canonical_json,
+    normalize_platform,
     parse_image,
 )
 from registry.auth import Credentials
-from registry.base import ImageRef
+from registry.base import ImageRef, Manifest
 from registry.metadata import EnvMetadata
 from registry.oci import OciRegistry
 from registry.store import StoreRegistry
 
 VERSION = "0.1.0"
+_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -64,6 +85,16 @@ class BuildConfig:
     # serves an image any earlier build pulled without asking the registry again, so a build
     # of a shared service proves its access to every image it reads before the engine runs
     confirm_read: Callable[[ImageName], None] | None = None
+    # hosts spoken to over plain HTTP (loopback ones always are)
+    insecure: tuple[str, ...] = ()
+    # the credentials envctl itself reads a base image with, by host (None: pull_credentials)
+    base_credentials: Callable[[str], Credentials | None] | None = None
+
+    def credentials_for(self, host: str) -> Credentials | None:
+        """What envctl reads images on `host` with: what the engine would pull with."""
+        if self.base_credentials is not None:
+            return self.base_credentials(host)
+        return self.pull_credentials.get(host)
 
 
 @dataclass(frozen=True)
@@ -74,16 +105,20 @@ class _Locks:
     pip: str | None = None
 
 
-def _python_of(packages: Sequence[LockedPackage]) -> str | None:
-    """`MAJOR.MINOR` of the python a conda lock installs, if it installs one."""
-    for package in packages:
-        if package.name == "python":
-            return ".".join(package.version.split(".")[:2])
-    return None
+@dataclass
+class _Made:
+    """The environment's layers in image order, and how to read each."""
+
+    layers: list[Layer] = field(default_factory=list)
+    keys: dict[str, str] = field(default_factory=dict)  # digest → cache key
+    locks: _Locks = field(default_factory=_Locks)
+    conda: bool = False
+    made: int = 0
 
 
-class DockerImageBuilder:
-    """Builds a key's image on the Docker engine and registers it in the workspace registry."""
+class ImageBuilder:
+    """Builds a key's image as layers envctl writes itself and registers it in the workspace
+    registry; the docker steps, if any, run on the engine on top of that image."""
 
     def __init__(
         self, workspace: StoreRegistry, engine: DockerBuilder, config: BuildConfig
@@ -91,16 +126,18 @@ class DockerImageBuilder:
         self._workspace = workspace
         self._engine = engine
         self._config = config
+        self._cache = LayerCache(config.home / "layers")
         # the engine pushes to a registry it can reach; into an OCI layout it saves instead
         self._pushes = isinstance(workspace, OciRegistry)
 
     def build(
         self, spec: EnvironmentSpec, key: EnvKey, build_id: str, on_event: OnEvent
     ) -> ImageRef:
-        """Build, push and register `spec`'s image; the workspace's ImageRef with `build_id`."""
+        """Build and register `spec`'s image; the workspace's ImageRef with `build_id`."""
         started = time.monotonic()
         builds = self._config.home / "builds"
         _sweep(builds, older_than=self._engine.timeout + 3600)
+        _sweep(self._cache.root / "tmp", older_than=self._engine.timeout + 3600)
         folder = builds / build_id
         log: list[str] = []
 
@@ -108,19 +145,47 @@ class DockerImageBuilder:
             log.append(line)
             on_event("log", line)
 
+        stage: str | None = None
         tag: str | None = None
         try:
-            locks = self._prepare(spec, key, folder / "environment", on_event)
-            # the engine's tag: the registry reference it pushes to, or a local name
-            tag = self._workspace.reference(key) if self._pushes else f"envctl-local/env:{key}"
-            on_event("build", f"building {key} (build {build_id})")
-            self._build_image(spec, key, build_id, folder, tag, locks, on_log)
-            on_event("push", f"pushing {key} to {self._workspace.address}")
-            digest = self._register(tag, key, folder, on_log)
+            if self._config.confirm_read is not None:  # a workspace's build on a shared engine
+                for image in _images_read(spec):
+                    self._config.confirm_read(image)
+            base_image = spec.base_image
+            if base_image.digest is None:
+                raise BuildError(f"the base image {base_image} is not pinned", build_id=build_id)
+            platform = normalize_platform(spec.platform)
+            with self._base_registry(base_image) as base:
+                below = platform_manifest(base, base_image.digest, platform)
+                steps = sum(s.instruction in ("RUN", "COPY", "ADD") for s in spec.docker_steps)
+                budget = min(LAYER_BUDGET, MAX_LAYERS - layer_count(below) - steps)
+                made = self._environment(spec, base_image, folder, budget, on_event)
+                settings = _settings(spec, key, made)
+                sent: list[Layer] = []
+                image_tag = None if spec.docker_steps else key
+                on_event("push", f"writing {key} to {self._workspace.address}")
+                manifest = assemble(
+                    base, base_image.digest, self._workspace, image_tag, made.layers,
+                    functools.partial(self._read, made), settings, platform,
+                    below=below, on_send=sent.append,
+                )  # fmt: skip
+            total = sum(layer.size for layer in made.layers)
+            on_log(
+                f"envctl: wrote {len(made.layers)} layers ({made.made} made here), sent "
+                f"{len(sent)} of them ({_size(sum(layer.size for layer in sent))} of "
+                f"{_size(total)}), {time.monotonic() - started:.2f} s into the build"
+            )
+            dockerfile = None
+            digest = manifest.digest
+            if spec.docker_steps:
+                stage, dockerfile = self._steps(spec, key, build_id, folder, manifest, on_log)
+                tag = self._workspace.reference(key) if self._pushes else f"envctl-local/env:{key}"
+                on_event("push", f"pushing {key} to {self._workspace.address}")
+                digest = self._register(tag, key, folder, on_log)
             found = self._workspace.resolve(key)  # asked, not remembered: it was just written
             if found is None or found.digest != digest:
                 raise BuildError(
-                    f"the registry holds {found and found.digest} for {key}, not the pushed "
+                    f"the registry holds {found and found.digest} for {key}, not the written "
                     f"{digest}",
                     build_id=build_id,
                 )
@@ -131,8 +196,11 @@ class DockerImageBuilder:
                 "builder_version": VERSION,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "duration_seconds": round(time.monotonic() - started, 3),
+                "layers": len(made.layers),
+                "layers_sent": len(sent),
             }
-            self._workspace.put_metadata(key, _metadata(spec, key, locks, log, facts))
+            metadata = _metadata(spec, key, made.locks, log, facts, dockerfile)
+            self._workspace.put_metadata(key, metadata)
             return replace(hit, build_id=build_id)
         except (BuildError, OSError) as exc:
             # a full disk shows as whatever the tool that hit it says (rattler: "EOF while
@@ -141,10 +209,162 @@ class DockerImageBuilder:
                 raise DiskFull(build_id=build_id) from exc
             raise
         finally:
-            # the registry has the image, or nothing does: the engine's copy only takes disk
-            if tag is not None:
-                self._engine.remove(tag)
-            shutil.rmtree(folder, ignore_errors=True)
+            # the registry has the image, or nothing does: the engine's copies only take disk
+            for name in (tag, stage):
+                if name is not None:
+                    self._engine.remove(name)
+            remove_tree(folder)
+
+    def _environment(
+        self,
+        spec: EnvironmentSpec,
+        base_image: ImageName,
+        folder: Path,
+        budget: int,
+        on_event: OnEvent,
+    ) -> _Made:
+        """Solve and resolve `spec`'s packages and make (or find) their layers."""
+        made = _Made()
+        conda = spec.conda
+        packages: list[PackageLayer] = []
+        lock: CondaLock | None = None
+        work = self._cache.work / f"build-{uuid.uuid4().hex}"
+        before = _count(self._cache)
+        try:
+            if conda is not None and conda.dependencies:
+                # the spec's channels are the ones to use: the operator's sources, if any,
+                # were put into the spec before it was keyed (with_package_sources)
+                on_event(
+                    "solve",
+                    f"solving {len(conda.dependencies)} specs on {', '.join(conda.channels)}",
+                )
+                cache = self._config.home / "conda"
+                lock = solve(conda, platform=spec.platform, channels=None, cache_dir=cache)
+                made.locks = _Locks(conda=lock.text)
+                on_event("install", f"installing {len(lock.packages)} conda packages, a layer each")
+                packages += conda_layers(
+                    lock, cache=self._cache, packages=cache / "pkgs", work=work
+                )
+                made.conda = True
+            if conda is not None and conda.pip:
+                python = _python_of(lock)
+                if python is not None:
+                    scheme = PythonScheme.conda(python)
+                else:  # the base image's own python3
+                    scheme = self._base_python(base_image)
+                on_event(
+                    "solve",
+                    f"resolving {len(conda.pip)} pip requirements for python {scheme.version}",
+                )
+                pip_lock = pip.resolve(
+                    conda.pip,
+                    conda.pip_arguments,
+                    python_version=scheme.version,
+                    platform=spec.platform,
+                    work=folder / "pip",
+                    cache=self._config.home / "uv",
+                )
+                made.locks = replace(made.locks, pip=pip_lock.text)
+                on_event("install", f"installing {len(pip_lock.wheels)} wheels, a layer each")
+                sources = conda.pip_sources
+                packages += wheel_layers(
+                    pip_lock.wheels,
+                    fetch=functools.partial(pip.fetch, sources=sources),
+                    scheme=scheme,
+                    sources=sources,
+                    cache=self._cache,
+                    work=work,
+                )
+            ordered = finish(packages, budget=budget, cache=self._cache)
+            made.layers = [package.layer for package in ordered]
+            made.keys = {package.layer.digest: package.key for package in ordered}
+            if lock is not None:
+                folder.mkdir(parents=True, exist_ok=True)
+                top = conda_meta_layer(lock, packages, folder / "conda-meta.tar.gz", work)
+                made.layers.append(top)
+        finally:
+            remove_tree(work)
+        # the top layer is made for every build: it describes this environment alone
+        made.made = _count(self._cache) - before + (lock is not None)
+        return made
+
+    def _read(self, made: _Made, layer: Layer) -> Iterator[bytes]:
+        key = made.keys.get(layer.digest)
+        if key is not None:
+            return self._cache.read(key, layer)
+        return _chunks(layer.path)
+
+    def _base_python(self, base_image: ImageName) -> PythonScheme:
+        """Where the base image's python3 installs wheels: asked once per base digest."""
+        digest = str(base_image.digest)
+        saved = self._config.home / "pythons" / f"{digest.replace(':', '-')}.json"
+        with contextlib.suppress(OSError, ValueError):
+            return PythonScheme.from_json(saved.read_text())
+        answer = self._engine.run_python(f"{base_image.name}@{digest}", ASK_PYTHON)
+        try:
+            scheme = PythonScheme.from_json(answer.splitlines()[-1] if answer else "")
+        except ValueError as exc:
+            raise StepFailed(f"the base image's python3 gave no usable scheme: {exc}") from None
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        partial = saved.with_name(f"{saved.name}.{uuid.uuid4().hex}")
+        partial.write_text(scheme.as_json())
+        os.replace(partial, saved)  # kept only once checked
+        return scheme
+
+    @contextlib.contextmanager
+    def _base_registry(self, image: ImageName) -> Iterator[StoreRegistry]:
+        """The base image's repository, read with what the engine would pull it with; the
+        workspace itself when the base lives there (an OCI layout's own images)."""
+        registry = OciRegistry(
+            image.domain,
+            repository=image.repository,
+            credentials=self._config.credentials_for(image.domain),
+            insecure=self._config.insecure,
+        )
+        try:
+            yield registry
+        finally:
+            registry.close()
+
+    def _steps(
+        self,
+        spec: EnvironmentSpec,
+        key: EnvKey,
+        build_id: str,
+        folder: Path,
+        manifest: Manifest,
+        on_log: Callable[[str], None],
+    ) -> tuple[str, str]:
+        """Run the docker steps on the engine FROM the written image; the tag the engine built
+        (to untag) and the steps' Dockerfile."""
+        if self._pushes:  # the engine pulls it from the workspace registry, by digest
+            stage = f"envctl-build/{key}:{build_id}"
+            source = f"{self._workspace.reference(key).rsplit(':', 1)[0]}@{manifest.digest}"
+        else:  # an OCI layout: the engine cannot reach it, so it gets the image by a load
+            stage = f"envctl-build/{key}:{build_id}"
+            folder.mkdir(parents=True, exist_ok=True)
+            archive = folder / "environment.tar"
+            export_archive(self._workspace, manifest.digest, stage, archive)
+            self._engine.load(archive)
+            archive.unlink()
+            source = stage
+        dockerfile = _steps_context(spec, source, folder / "steps", build_id)
+        # the host's copy has no setuid, setgid or sticky bits: the image gets the listed modes
+        modes = {e.path: e.mode for e in spec.context.entries} if spec.context else {}
+        tag = self._workspace.reference(key) if self._pushes else f"envctl-local/env:{key}"
+        self._engine.build(
+            folder / "steps",
+            tag=tag,
+            labels={},
+            on_log=on_log,
+            build_id=build_id,
+            dockerfile=dockerfile,
+            modes=modes,
+            registries=self._config.pull_registries,
+            credentials=self._config.pull_credentials,
+        )
+        text = (folder / "steps" / dockerfile).read_text()
+        return stage, text
 
     def _register(self, tag: str, key: EnvKey, folder: Path, on_log: Callable[[str], None]) -> str:
         """Put the built image in the workspace registry (the tag last); its manifest digest."""
@@ -154,91 +374,6 @@ class DockerImageBuilder:
         self._engine.save(tag, archive)
         return import_archive(archive, self._workspace, key)
 
-    def _build_image(
-        self,
-        spec: EnvironmentSpec,
-        key: EnvKey,
-        build_id: str,
-        folder: Path,
-        tag: str,
-        locks: _Locks,
-        on_log: Callable[[str], None],
-    ) -> None:
-        """The image, tagged `tag`: in one build when no step reads the build context, else
-        part 1 (the environment) as a stage and part 2 (the steps) on top of it."""
-        build = functools.partial(
-            self._engine.build,
-            labels={},
-            on_log=on_log,
-            build_id=build_id,
-            registries=self._config.pull_registries,
-            credentials=self._config.pull_credentials,
-        )
-        if self._config.confirm_read is not None:  # a workspace's build on a shared engine
-            for image in _images_read(spec):
-                self._config.confirm_read(image)
-        if not _reads_context(spec):  # nothing can see envctl's files: one build will do
-            environment = folder / "environment"
-            full = render(spec, key, locks.conda, pip_lock=locks.pip, version=VERSION)
-            (environment / "Dockerfile").write_text(full.dockerfile)
-            build(environment, tag=tag)
-            return
-        stage = f"envctl-build/{key}:{build_id}"
-        build(folder / "environment", tag=stage)
-        try:
-            dockerfile = _steps_context(spec, stage, folder / "steps", build_id)
-            # the host's copy has no setuid, setgid or sticky bits: the image gets the listed modes
-            modes = {e.path: e.mode for e in spec.context.entries} if spec.context else {}
-            build(folder / "steps", tag=tag, dockerfile=dockerfile, modes=modes)
-        finally:
-            self._engine.remove(stage)
-
-    def _prepare(
-        self, spec: EnvironmentSpec, key: EnvKey, target: Path, on_event: OnEvent
-    ) -> _Locks:
-        """Solve and install the conda environment, resolve and fetch the pip wheels, and write
-        part 1's context into `target`; the locks they were made from."""
-        locks = _Locks()
-        installed: Sequence[LockedPackage] = ()
-        cache = self._config.home / "conda"
-        conda = spec.conda
-        if conda is not None and conda.dependencies:
-            # the spec's channels are the ones to use: the operator's sources, if any, were put
-            # into the spec before it was keyed (EnvironmentSpec.with_package_sources)
-            channels = conda.channels
-            on_event("solve", f"solving {len(conda.dependencies)} specs on {', '.join(channels)}")
-            lock = solve(conda, platform=spec.platform, channels=None, cache_dir=cache)
-            locks, installed = _Locks(conda=lock.text), lock.packages
-            on_event("install", f"installing {len(lock.packages)} conda packages")
-            install(lock, prefix=env_prefix(key), target=target / ENV_DIR, cache_dir=cache)
-        if conda is not None and conda.pip:
-            python = _python_of(installed)
-            if python is None:  # the base image's own python3 will run pip
-                base = spec.base_image
-                python = self._engine.python_version(f"{base.name}@{base.digest}")
-            on_event("solve", f"resolving {len(conda.pip)} pip requirements for python {python}")
-            pip_lock = pip.resolve(
-                conda.pip,
-                conda.pip_arguments,
-                python_version=python,
-                platform=spec.platform,
-                work=target.parent / "pip",
-            )
-            on_event("install", f"fetching {len(pip_lock.names)} pinned wheels")
-            pip.download(
-                pip_lock,
-                conda.pip_arguments,
-                python_version=python,
-                platform=spec.platform,
-                target=target / WHEELS_DIR,
-            )
-            locks = _Locks(conda=locks.conda, pip=pip_lock.text)
-        context = render(
-            replace(spec, docker_steps=()), key, locks.conda, pip_lock=locks.pip, version=VERSION
-        )
-        write_context(context, target)
-        return locks
-
     def _auth(self) -> dict[str, str] | None:
         credentials = self._config.credentials
         if credentials is None:
@@ -246,16 +381,63 @@ class DockerImageBuilder:
         return {"username": credentials.username, "password": credentials.password}
 
 
+def _python_of(lock: CondaLock | None) -> str | None:
+    """`MAJOR.MINOR` of the python a conda lock installs, if it installs one."""
+    for package in lock.packages if lock is not None else ():
+        if package.name == "python":
+            return ".".join(package.version.split(".")[:2])
+    return None
+
+
+def _settings(spec: EnvironmentSpec, key: EnvKey, made: _Made) -> ImageSettings:
+    """The config's variables (the environment's PATH first, then the spec's) and labels."""
+    env: dict[str, str] = {}
+    if made.conda:  # what `conda activate` sets that matters to programs
+        env |= {"PATH": f"{ENV_PREFIX}/bin:$PATH", "CONDA_PREFIX": ENV_PREFIX}
+    env |= dict(spec.variables)
+    labels = image_labels(spec, key, made.locks.conda, made.locks.pip, version=VERSION)
+    return ImageSettings(env=env, labels=dict(labels))
+
+
+def _count(cache: LayerCache) -> int:
+    keys = cache.root / "keys"
+    try:
+        return sum(1 for _ in os.scandir(keys))
+    except OSError:
+        return 0
+
+
+def _chunks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            yield chunk
+
+
+def _size(n: int) -> str:
+    """`2.1 kB`, `310.4 MB`: bytes as a person reads them (SI units, as registries show)."""
+    if n < 1000:
+        return f"{n} B"
+    for unit, scale in (("kB", 1e3), ("MB", 1e6)):
+        if n < scale * 1000:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n / 1e9:.2f} GB"
+
+
 def _metadata(
-    spec: EnvironmentSpec, key: EnvKey, locks: _Locks, log: list[str], facts: dict[str, object]
+    spec: EnvironmentSpec,
+    key: EnvKey,
+    locks: _Locks,
+    log: list[str],
+    facts: dict[str, object],
+    dockerfile: str | None,
 ) -> EnvMetadata:
-    """What is stored with the image: the canonical spec, the locks, the whole Dockerfile."""
+    """What is stored with the image: the canonical spec, the locks, the steps' Dockerfile."""
     return EnvMetadata(
         key=key,
         spec_json=canonical_json(spec),
         lock=locks.conda,
         pip_lock=locks.pip,
-        dockerfile=render(spec, key, locks.conda, pip_lock=locks.pip, version=VERSION).dockerfile,
+        dockerfile=dockerfile,
         build_log="\n".join(log) + "\n",
         facts=facts,
     )
@@ -286,15 +468,6 @@ def _images_read(spec: EnvironmentSpec) -> list[ImageName]:
             with contextlib.suppress(InvalidReference):
                 images.append(parse_image(value))
     return list(dict.fromkeys(images))
-
-
-def _reads_context(spec: EnvironmentSpec) -> bool:
-    """True when a docker step may read the build context (COPY or ADD, but not `--from`)."""
-    return any(
-        step.instruction in ("COPY", "ADD")
-        and not any(flag.startswith("--from=") for flag in step.flags)
-        for step in spec.docker_steps
-    )
 
 
 def _steps_context(spec: EnvironmentSpec, stage: str, target: Path, build_id: str) -> str:

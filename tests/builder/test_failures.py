@@ -19,7 +19,7 @@ import pytest
 
 from api.specfiles import load_spec
 from builder.docker import DockerBuilder
-from builder.pipeline import BuildConfig, DockerImageBuilder
+from builder.pipeline import BuildConfig, ImageBuilder
 from builder.resolve import Resolver, RetryPolicy
 from hashing import EnvctlError, EnvironmentSpec, compute_key
 from registry import DigestResolver
@@ -136,7 +136,7 @@ def test_a_registry_gone_at_push_leaves_no_tag_and_the_next_resolve_builds(
         base_url=services.docker_host, timeout=120, memory=None, cpus=None, network="none"
     )
     # wired as api.cli's _Context.images(), with one attempt: the failure itself is the subject
-    builder = DockerImageBuilder(workspace, engine, BuildConfig(home))
+    builder = ImageBuilder(workspace, engine, BuildConfig(home))
     resolver = Resolver(workspace, builder, state=home, retry=RetryPolicy(attempts=1))
     stages: list[str] = []
 

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,32 +18,13 @@ from api.cli import app
 from api.local import LocalEnvironments
 from api.request import request_from_file
 from api.settings import Settings
+from builder.envlayers import ENV_PREFIX
 from builder.pipeline import _sweep
 from hashing import EnvKey
 from registry.oci import OciRegistry
 from tests.conftest import FIXTURES, Services, docker
 
 ENVCTL = str(Path(sys.executable).parent / "envctl")
-
-
-@pytest.fixture
-def workspace(
-    services: Services, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> Iterator[OciRegistry]:
-    """A fresh workspace namespace and envctl home; builds hermetic (no network in steps)."""
-    registry = OciRegistry(f"{services.workspace_registry}/build-{uuid.uuid4().hex[:12]}")
-    env = {
-        "ENVCTL_WORKSPACE_REGISTRY": registry.address,
-        "ENVCTL_HOME": str(tmp_path / "home"),
-        "ENVCTL_CHANNELS": services.channels,
-        "ENVCTL_BUILD_NETWORK": "none",
-        "DOCKER_HOST": services.docker_host,
-    }
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("ENVCTL_GLOBAL_REGISTRY", raising=False)
-    yield registry
-    registry.close()
 
 
 def _spec(folder: Path, *, steps: str, deps: str = "[envctl-greet, envctl-hello >=2]") -> Path:
@@ -79,7 +59,7 @@ def test_the_built_image_runs_with_its_environment(
     assert built["build_id"]
     for stage in ("solve", "install", "build", "push"):
         assert stage in stderr, f"progress names the {stage} stage"
-    prefix = f"/opt/envctl/envs/{built['key']}"
+    prefix = ENV_PREFIX  # every environment lives there
     out = docker(
         services, "run", "--rm", "--network", "none", built["image"], "sh", "-c",
         'envctl-hello; cat /etc/hello.txt; printenv GREETING; cd /app && find . | sort',
@@ -237,7 +217,11 @@ def test_pip_requirements_install_from_a_pinned_resolution(
     pins = (metadata.pip_lock or "").splitlines()
     assert [pin.split(" ")[0] for pin in pins] == ["envctl-pydep==1.0", "envctl-pyhello==2.0"]
     assert all("--hash=sha256:" in pin for pin in pins)
-    assert "--no-deps --no-index --require-hashes" in (metadata.dockerfile or "")
+    # installed on the host into layers: no pip ran in the image, and no wheel file is in it
+    assert "pip" not in (metadata.dockerfile or "")
+    wheels_inside = docker(services, "run", "--rm", "--network", "none", built["image"], "sh",
+                           "-c", "find / -xdev -name '*.whl' | wc -l")  # fmt: skip
+    assert wheels_inside.strip() == "0"
     docker(services, "rmi", built["image"])
 
 

@@ -1,0 +1,229 @@
+"""The image envctl writes itself, end to end through the CLI on the real channel, registries and
+engine: the same on every host, one layer per package shared between environments, runnable,
+and never tagged half made."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+import rattler
+from typer.testing import CliRunner
+
+from api.cli import app
+from builder import envlayers, pipeline
+from builder.envlayers import ENV_PREFIX
+from hashing import EnvKey, parse_image
+from registry.oci import OciRegistry
+from tests.builder.conftest import fixture_wheels
+from tests.conftest import Services, docker
+
+# Values that break naive quoting: each must come out of `env` in the container byte for byte.
+TRICKY = {
+    "V_QUOTES": "say \"hi\" and 'bye'",
+    "V_BACKSLASH": "C:\\temp\\new\\",
+    "V_DOLLAR": "$HOME ${PATH} $(id -u) `id`",
+    "V_SPACES": "  lead and trail  ",
+    "V_TAB_CR": "tab\there, cr\rthere",
+    "V_UNICODE": "é ✓ 雪",
+    "V_SHELLISH": "a=b=c #not-a-comment; && |",
+    "V_EMPTY": "",
+}
+
+
+def _spec(
+    folder: Path,
+    deps: str,
+    *,
+    steps: str = "",
+    base: str | None = None,
+    variables: dict[str, str] | None = None,
+) -> Path:
+    path = folder / f"spec-{uuid.uuid4().hex[:8]}.yml"
+    text = f"base_image: {base or os.environ['ENVCTL_TEST_BASE_IMAGE']}\nconda: {deps}\n"
+    if variables:
+        text += f"variables: {json.dumps(variables)}\n"
+    if steps:
+        text += "docker_steps: |\n" + "".join(f"  {line}\n" for line in steps.splitlines())
+    path.write_text(text)
+    return path
+
+
+def _resolve(cli: CliRunner, spec: Path, *args: str) -> dict[str, str]:
+    result = cli.invoke(app, ["resolve", "--json", *args, str(spec)])
+    assert result.exit_code == 0, result.stderr
+    body: dict[str, str] = json.loads(result.stdout)
+    return body
+
+
+def _layers(registry: OciRegistry, key: str) -> list[str]:
+    manifest = registry.get_manifest(key)
+    assert manifest is not None
+    return [layer["digest"] for layer in json.loads(manifest.data)["layers"]]
+
+
+def _base_layers(services: Services) -> int:
+    image = parse_image(services.base_image)
+    base = OciRegistry(image.domain, repository=image.repository)
+    try:
+        manifest = base.get_manifest(image.tag or "latest")
+        assert manifest is not None
+        return len(json.loads(manifest.data)["layers"])
+    finally:
+        base.close()
+
+
+def _another_host(monkeypatch: pytest.MonkeyPatch, services: Services, home: Path) -> OciRegistry:
+    """A second host: an empty envctl home and a workspace namespace of its own."""
+    registry = OciRegistry(f"{services.workspace_registry}/host-{uuid.uuid4().hex[:12]}")
+    monkeypatch.setenv("ENVCTL_WORKSPACE_REGISTRY", registry.address)
+    monkeypatch.setenv("ENVCTL_HOME", str(home))
+    return registry
+
+
+DEPS = "{dependencies: [envctl-greet, envctl-hello >=2, envctl-data]}"
+
+
+def test_the_same_spec_is_the_same_image_on_two_hosts_and_after_a_rebuild(
+    cli: CliRunner,
+    workspace: OciRegistry,
+    services: Services,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spec = _spec(tmp_path, DEPS, variables={"GREETING": "hi"})
+    first = _resolve(cli, spec)
+    assert first["source"] == "built"
+    rebuilt = _resolve(cli, spec, "--force-rebuild")
+    assert (rebuilt["source"], rebuilt["digest"]) == ("built", first["digest"])
+
+    other = _another_host(monkeypatch, services, tmp_path / "second-home")
+    try:
+        second = _resolve(cli, spec)
+        assert (second["source"], second["digest"]) == ("built", first["digest"])
+        assert _layers(other, second["key"]) == _layers(workspace, first["key"])
+    finally:
+        other.close()
+
+
+def test_with_docker_steps_every_layer_but_the_steps_is_the_same_on_two_hosts(
+    cli: CliRunner,
+    workspace: OciRegistry,
+    services: Services,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spec = _spec(tmp_path, DEPS, steps="RUN date +%s%N > /built-at")
+    first = _resolve(cli, spec)
+    other = _another_host(monkeypatch, services, tmp_path / "second-home")
+    try:
+        second = _resolve(cli, spec)
+        assert second["digest"] != first["digest"]  # the step wrote the time
+        one, two = _layers(workspace, first["key"]), _layers(other, second["key"])
+        assert len(one) == len(two) == _base_layers(services) + 3 + 1 + 1
+        assert one[:-1] == two[:-1]
+        assert one[-1] != two[-1]
+    finally:
+        other.close()
+
+
+def test_two_environments_one_package_apart_share_every_other_layer(
+    cli: CliRunner, workspace: OciRegistry, tmp_path: Path
+) -> None:
+    small = _resolve(cli, _spec(tmp_path, "{dependencies: [envctl-greet, envctl-hello >=2]}"))
+    big = cli.invoke(app, ["resolve", "--json", str(_spec(tmp_path, DEPS))])
+    assert big.exit_code == 0, big.stderr
+    # envctl-data's layer and the conda-meta on top are made; the rest is found and not sent
+    assert "envctl: wrote" in big.stderr
+    assert "(2 made here), sent 2 of them" in big.stderr
+    built = json.loads(big.stdout)
+    one, two = _layers(workspace, small["key"]), _layers(workspace, built["key"])
+    assert len(set(two) - set(one)) == 2
+    assert set(one) - set(two) == {one[-1]}  # only the small one's conda-meta
+
+
+def test_the_image_runs_its_packages_and_rattler_reads_its_conda_meta(
+    cli: CliRunner,
+    workspace: OciRegistry,
+    services: Services,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ENVCTL_PIP_FIND_LINKS", str(fixture_wheels(tmp_path)))
+    deps = "{dependencies: [envctl-greet, envctl-hello >=2, {pip: [envctl-pyhello]}]}"
+    spec = _spec(tmp_path, deps, base=services.python_image, variables=TRICKY)
+    built = _resolve(cli, spec)
+    image = f"{built['image'].rsplit(':', 1)[0]}@{built['digest']}"
+    run = ("run", "--rm", "--network", "none", image)
+    assert "hello from envctl-hello 2.0" in docker(services, *run, "envctl-greet").splitlines()
+    module = "import envctl_pyhello as m; print(m.hello())"
+    assert docker(services, *run, "python3", "-c", module).strip() == (
+        "hello from envctl-pyhello 2.0 (pinned)"
+    )
+    # base64: the CLI helper reads text, which would turn a \r into \n
+    out = docker(services, *run, "sh", "-c", "env -0 | base64 -w0")
+    env = dict(item.split("=", 1) for item in base64.b64decode(out).decode().split("\0") if item)
+    assert {name: env.get(name) for name in TRICKY} == TRICKY
+    assert env["PATH"].startswith(f"{ENV_PREFIX}/bin:/usr/local/sbin:/usr/local/bin:")
+    assert env["CONDA_PREFIX"] == ENV_PREFIX
+    wheels_inside = docker(services, *run, "sh", "-c", "find / -xdev -name '*.whl' | wc -l")
+    assert wheels_inside.strip() == "0"
+
+    container = docker(services, "create", image, "true").strip()
+    try:
+        docker(services, "cp", f"{container}:{ENV_PREFIX}/conda-meta", str(tmp_path / "meta"))
+    finally:
+        docker(services, "rm", container)
+    records = [rattler.PrefixRecord.from_path(p) for p in (tmp_path / "meta").glob("*.json")]
+    assert sorted(r.name.normalized for r in records) == ["envctl-greet", "envctl-hello"]
+    hello = next(r for r in records if r.name.normalized == "envctl-hello")
+    assert "bin/envctl-hello" in [str(f) for f in hello.files]
+    assert (tmp_path / "meta" / "history").read_text() == ""
+
+
+def test_a_corrupt_cached_layer_is_made_again_and_never_sent(
+    cli: CliRunner,
+    workspace: OciRegistry,
+    services: Services,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spec = _spec(tmp_path, DEPS)
+    first = _resolve(cli, spec)
+    blobs = sorted((tmp_path / "home" / "layers" / "blobs" / "sha256").iterdir())
+    victim = max(blobs, key=lambda p: p.stat().st_size)
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size: only reading it whole can tell
+    victim.write_bytes(bytes(data))
+    # the same home, a registry without the layers: the corrupt one must be read to be sent
+    other = OciRegistry(f"{services.workspace_registry}/host-{uuid.uuid4().hex[:12]}")
+    monkeypatch.setenv("ENVCTL_WORKSPACE_REGISTRY", other.address)
+    try:
+        again = _resolve(cli, spec)
+        assert again["digest"] == first["digest"]  # the layer was made again, the same
+        assert victim.read_bytes() != bytes(data)
+        assert other.resolve(EnvKey(again["key"])) is not None
+    finally:
+        other.close()
+
+
+def test_past_the_layer_budget_packages_share_a_bucket_and_the_image_runs(
+    cli: CliRunner,
+    workspace: OciRegistry,
+    services: Services,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(envlayers, "BUCKETS", 1)
+    monkeypatch.setattr(pipeline, "LAYER_BUDGET", 3)  # two buckets and the top: none of its own
+    built = _resolve(cli, _spec(tmp_path, DEPS))
+    assert len(_layers(workspace, built["key"])) == _base_layers(services) + 2
+    image = f"{built['image'].rsplit(':', 1)[0]}@{built['digest']}"
+    out = docker(services, "run", "--rm", "--network", "none", image, "sh", "-c",
+                 f"envctl-greet; ls {ENV_PREFIX}/share/envctl-data")  # fmt: skip
+    assert "hello from envctl-hello 2.0" in out.splitlines()
+    assert "table.csv" in out.splitlines()
