@@ -133,8 +133,7 @@ def conda_key(record: rattler.RepoDataRecord, python: str | None) -> str:
     if not sha:
         raise StepFailed(f"{record.url}: the channel gives no sha256 for it")
     channel = hashlib.sha256(str(record.channel).rstrip("/").encode()).hexdigest()[:12]
-    noarch_python = str(record.noarch) == "python" or getattr(record.noarch, "python", False)
-    py = f"-py{python}" if noarch_python and python else ""
+    py = f"-py{python}" if record.noarch.python and python else ""
     return f"conda-{sha}{py}-{channel}-v{LAYOUT}-{TOOLS}"
 
 

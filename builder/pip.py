@@ -18,9 +18,10 @@ import hashlib
 import os
 import subprocess
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import httpx
@@ -109,7 +110,7 @@ def resolve(
     return PipLock(text, tuple(wheels))
 
 
-def _best(package: dict[str, object], tags: dict[Tag, int]) -> LockedWheel:
+def _best(package: Mapping[str, Any], tags: Mapping[Tag, int]) -> LockedWheel:
     """The wheel of a pylock package entry that the image runs best."""
     name = canonicalize_name(str(package.get("name", "")))
     found: list[tuple[int, LockedWheel]] = []

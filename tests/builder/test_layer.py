@@ -8,13 +8,14 @@ import hashlib
 import os
 import tarfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from builder.assemble import ImageSettings, assemble
 from builder.errors import LayerError
-from builder.layer import SOURCE_DATE_EPOCH, write_layer
+from builder.layer import MAX_DEPTH, SOURCE_DATE_EPOCH, merge_layers, write_layer
 from hashing import parse_image
 from registry.oci import OciRegistry
 from tests.conftest import Services, docker
@@ -134,3 +135,54 @@ def test_an_engine_runs_the_layers_files_with_their_modes_and_links(
         "sh", "-c", f"readlink /{PREFIX}/lib/libz.so.1 && stat -c '%a %u' /{PREFIX}/bin/hello",
     )  # fmt: skip
     assert listed.split() == ["libz.so.1.3", "755", "0"]
+
+
+def test_modes_are_whether_a_file_runs_and_nothing_else_of_the_host(tmp_path: Path) -> None:
+    root = tmp_path / "tree"
+    root.mkdir()
+    for name, mode in {"private": 0o600, "tool": 0o700, "setuid": 0o4755, "shared": 0o666}.items():
+        (root / name).write_text(name)
+        (root / name).chmod(mode)
+    (root / "conda-meta").mkdir()
+    (root / "conda-meta" / "left-out.json").write_text("{}")
+    layer = write_layer(root, tmp_path / "layer.tar.gz", leave_out=("conda-meta",))
+    with tarfile.open(layer.path) as tar:
+        modes = {m.name: m.mode for m in tar.getmembers()}
+    assert modes == {"private": 0o644, "setuid": 0o755, "shared": 0o644, "tool": 0o755}
+
+
+def test_a_tree_deeper_than_any_package_is_refused(tmp_path: Path) -> None:
+    path = str(tmp_path / "deep")
+    for _ in range(MAX_DEPTH + 2):
+        os.mkdir(path)
+        path += "/d"
+    with pytest.raises(LayerError, match="deep"):
+        write_layer(tmp_path / "deep", tmp_path / "deep.tar.gz")
+    assert not list(tmp_path.glob("deep.tar.gz*"))
+
+
+def test_merged_layers_hold_every_file_in_order_and_each_folder_once(tmp_path: Path) -> None:
+    layers = []
+    for name, text in (("one", "first"), ("two", "second")):
+        root = tmp_path / name
+        (root / "share" / name).mkdir(parents=True)
+        (root / "share" / name / "file").write_text(text)
+        (root / "share" / "clash").write_text(text)
+        layers.append(write_layer(root, tmp_path / f"{name}.tar.gz", prefix=PREFIX))
+
+    def chunks(path: Path) -> Iterator[bytes]:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(7):  # small chunks: the reader must join them
+                yield chunk
+
+    merged = merge_layers([chunks(layer.path) for layer in layers], tmp_path / "merged.tar.gz")
+    with tarfile.open(merged.path) as tar:
+        members = tar.getmembers()
+        clashes = [tar.extractfile(m).read() for m in members if m.name.endswith("clash")]  # type: ignore[union-attr]
+    folders = [m.name for m in members if m.isdir()]
+    assert len(folders) == len(set(folders))
+    files = {m.name for m in members if m.isfile()}
+    assert {f"{PREFIX}/share/one/file", f"{PREFIX}/share/two/file"} <= files
+    assert clashes == [b"first", b"second"]  # the later wins once unpacked, as stacked layers
+    again = merge_layers([chunks(layer.path) for layer in layers], tmp_path / "again.tar.gz")
+    assert again.digest == merged.digest
