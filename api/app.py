@@ -17,8 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -46,12 +45,12 @@ from api.request import ResolveRequest
 from api.service import EnvironmentService, run_blocking
 from api.settings import Settings
 from api.store import BuildStore
+from api.tokens import TokenCache
 from hashing import EnvctlError, SpecError, canonical_inputs, compute_key
 from hashing.errors import Kind
 
 log = logging.getLogger("envctl.api")
 
-TOKEN_CACHE_SIZE = 10_000
 BODY_LIMIT = 64 << 20  # bytes: a spec with its whole build context, base64
 MAX_WAIT = 3600.0
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -61,7 +60,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 async def _caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> Token:
     """The token a request carries; Unauthorized when there is none or it is not live."""
-    tokens: _TokenCache = request.app.state.tokens
+    tokens: TokenCache = request.app.state.tokens
     svc: EnvironmentService = request.app.state.service
     token = await tokens.check(_bearer(authorization), svc.store.authenticate)
     if token is None:
@@ -75,41 +74,6 @@ def _bearer(authorization: str | None) -> str:
     if scheme.lower() != "bearer" or not secret.strip():
         raise Unauthorized("a bearer token is required (Authorization: Bearer TOKEN)")
     return secret.strip()
-
-
-class _TokenCache:
-    """Live tokens by secret, trusted for `ttl` seconds: a revocation takes effect in every
-    server process within that time, and a hit does not wait on the database. One check per
-    secret at a time: when a busy token's entry expires, its callers share one query."""
-
-    def __init__(self, ttl: float) -> None:
-        self._ttl = ttl
-        self._tokens: dict[str, tuple[Token, float]] = {}
-        self._checks: dict[str, asyncio.Future[Token | None]] = {}
-
-    async def check(self, secret: str, authenticate: Callable[[str], Token | None]) -> Token | None:
-        """The live token whose secret this is (from memory, or asked of `authenticate`)."""
-        found = self._tokens.get(secret)
-        if found is not None and time.monotonic() - found[1] <= self._ttl:
-            return found[0]
-        pending = self._checks.get(secret)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        pending = self._checks[secret] = asyncio.get_running_loop().create_future()
-        try:
-            token = await run_blocking(authenticate, secret)
-        except BaseException as exc:
-            pending.set_exception(exc)
-            pending.exception()  # retrieved: nobody else may be waiting on it
-            raise
-        finally:
-            del self._checks[secret]
-        pending.set_result(token)
-        if token is not None:
-            if len(self._tokens) > TOKEN_CACHE_SIZE:
-                self._tokens.clear()  # a flood of distinct tokens: start again, do not grow
-            self._tokens[secret] = (token, time.monotonic())
-        return token
 
 
 CallerToken = Annotated[Token, Depends(_caller)]
@@ -149,7 +113,7 @@ def create_app(
         responses=_ERRORS,
     )
     app.state.service = svc
-    tokens = app.state.tokens = _TokenCache(settings.token_ttl)
+    tokens = app.state.tokens = TokenCache(settings.token_ttl)
     app.add_middleware(_BodyLimit, limit=body_limit)
     _handle_errors(app)
     app.add_middleware(_CountRequests, metrics=svc.metrics)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from registry.auth import Credentials
+from registry.oci import OciRegistry
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
@@ -120,3 +123,23 @@ def cli(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
 # The real servers of tests/registry/servers.py (registries with auth, a token service) are
 # fixtures for every package: the CLI tests in tests/api need an htpasswd registry too.
 pytest_plugins = ("tests.registry.servers",)
+
+
+@pytest.fixture
+def workspace(
+    services: Services, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Iterator[OciRegistry]:
+    """A fresh workspace namespace and envctl home; builds hermetic (no network in steps)."""
+    registry = OciRegistry(f"{services.workspace_registry}/build-{uuid.uuid4().hex[:12]}")
+    env = {
+        "ENVCTL_WORKSPACE_REGISTRY": registry.address,
+        "ENVCTL_HOME": str(tmp_path / "home"),
+        "ENVCTL_CHANNELS": services.channels,
+        "ENVCTL_BUILD_NETWORK": "none",
+        "DOCKER_HOST": services.docker_host,
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("ENVCTL_GLOBAL_REGISTRY", raising=False)
+    yield registry
+    registry.close()
