@@ -28,7 +28,7 @@ EPOCH = 1_704_067_200
 def _package(channel: Path, name: str, entries: list[tuple[str, str, bytes | str]]) -> None:
     """Write noarch/NAME-1.0-0.tar.bz2 holding `entries`: (path, "file" or "link", data or
     link target), recorded in its paths.json as conda-build would."""
-    paths = []
+    paths: list[dict[str, object]] = []
     payload = io.BytesIO()
     with tarfile.open(fileobj=payload, mode="w") as tar:
         for path, kind, value in entries:
