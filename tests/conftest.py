@@ -22,8 +22,36 @@ from registry.oci import OciRegistry
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
-CORPUS = FIXTURES / "corpus" / "azureml-examples"
 EXAMPLES = ROOT / "examples"
+# The real corpora live beside the checkout, never in it (`../shared/corpus`, as CI has them), or
+# where ENVCTL_CORPUS says. Without them, the tests that read them are left out and the header
+# says so; ENVCTL_REQUIRE_CORPUS=1 (.ci/run) makes their absence a failure instead.
+SHARED_CORPUS = Path(os.environ.get("ENVCTL_CORPUS") or ROOT.parent / "shared" / "corpus")
+CORPUS = SHARED_CORPUS / "azureml-examples"
+PUBLIC_CORPUS = SHARED_CORPUS / "public-repos"
+HAS_CORPUS = (CORPUS / "index.json").is_file() and (PUBLIC_CORPUS / "manifest.json").is_file()
+needs_corpus = pytest.mark.corpus
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "corpus: reads the real corpora in ../shared/corpus")
+    if not HAS_CORPUS and os.environ.get("ENVCTL_REQUIRE_CORPUS") == "1":
+        pytest.exit(f"the corpus is required and absent: no {SHARED_CORPUS}", returncode=4)
+
+
+def pytest_report_header() -> str:
+    if HAS_CORPUS:
+        return f"corpus: {SHARED_CORPUS}"
+    return f"corpus: absent ({SHARED_CORPUS}): the tests that read it are left out"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if HAS_CORPUS:
+        return
+    left_out = [item for item in items if item.get_closest_marker("corpus") is not None]
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = [item for item in items if item.get_closest_marker("corpus") is None]
 
 
 @dataclass(frozen=True)

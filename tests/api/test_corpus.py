@@ -11,9 +11,11 @@ from typer.testing import CliRunner
 from api.cli import app
 from api.specfiles import load_spec
 from hashing import compute_key, parse_image
-from tests.conftest import CORPUS, FIXTURES, copy_with_fixed_modes
+from tests.conftest import CORPUS, FIXTURES, HAS_CORPUS, copy_with_fixed_modes, needs_corpus
 
-INDEX = json.loads((CORPUS / "index.json").read_text())
+pytestmark = needs_corpus
+_NO_INDEX = {"conda_files": [], "environment_definitions": [], "dockerfiles": []}
+INDEX = json.loads((CORPUS / "index.json").read_text()) if HAS_CORPUS else _NO_INDEX
 MISSING_CONDA = "sdk/python/endpoints/online/deploy-with-packages/custom-model/environment/"
 BROKEN = MISSING_CONDA + "sklearn-regression-env.yml"
 BASE = "127.0.0.1:5001/base/debian@sha256:" + "d" * 64

@@ -17,7 +17,7 @@ from hashing.dockersteps import (
     parse_steps,
 )
 from hashing.errors import SpecError
-from tests.conftest import CORPUS, EXAMPLES, ROOT
+from tests.conftest import CORPUS, EXAMPLES, ROOT, needs_corpus
 
 
 def _same(a: str, b: str) -> bool:
@@ -114,7 +114,11 @@ def test_no_instructions_means_no_steps(text: str) -> None:
 # written from the parsed form (so equal steps render equal text), with `original` only for the
 # two forms the parsed form cannot express (ONBUILD sub-flags, non-ASCII flags).
 
-_DOCKERFILES = sorted(CORPUS.glob("**/Dockerfile")) + sorted(EXAMPLES.glob("**/Dockerfile"))
+_DOCKERFILES = [
+    *(pytest.param(p, marks=needs_corpus, id=f"corpus/{p.relative_to(CORPUS)}")
+      for p in sorted(CORPUS.glob("**/Dockerfile"))),
+    *(pytest.param(p, id=str(p.relative_to(ROOT))) for p in sorted(EXAMPLES.glob("**/Dockerfile"))),
+]  # fmt: skip
 
 # No control characters (newlines end an instruction); tabs, quotes, escapes and non-ASCII stay.
 _CHAR = st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")) | st.sampled_from(
@@ -258,7 +262,7 @@ def test_equal_steps_render_equal_text(
     assert [_line(s) for s in tidy] == [_line(s) for s in messy]
 
 
-@pytest.mark.parametrize("path", _DOCKERFILES, ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize("path", _DOCKERFILES)
 def test_every_corpus_instruction_reads_back_the_same(path: Path) -> None:
     parsed = parse_dockerfile(path.read_text(), str(path))
     assert parsed.steps
