@@ -96,7 +96,7 @@ def read_spec_parts(files: SpecFiles, *, format: SpecFormat | None = None) -> Sp
     draft = parse_spec_text(files.spec_text(), files.spec_source, format=format)
     conda = None
     if draft.conda_file is not None:
-        conda = parse_conda_text(*files.read_text(draft.conda_file))
+        conda = parse_conda_text(*files.read_text(draft.conda_file), platform=draft.platform)
     dockerfile = context = None
     if draft.context is not None:
         files.check_folder(draft.context)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -31,7 +32,7 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from builder.envlayers import LockedWheel
 from builder.errors import ChannelUnavailable, SolveError, StepFailed
-from hashing.conda import pip_option_flag
+from hashing.conda import pip_hashes, pip_option_flag
 
 _ARCHES = {"linux/amd64": "x86_64", "linux/arm64": "aarch64"}
 GLIBC_MINOR = 28  # the glibc every supported base has (builder.conda.GLIBC_VERSION)
@@ -87,7 +88,18 @@ def resolve(
     `options` are the operator's sources and the spec's allowlisted resolver options
     (CondaEnvironment.pip_arguments); `cache` is uv's cache folder."""
     work.mkdir(parents=True, exist_ok=True)
-    (work / "requirements.in").write_text("".join(f"{line}\n" for line in requirements))
+    # a requirement's `--hash` options say which files it may be: the wheel picked must be one
+    allowed: dict[str, set[str]] = {}
+    lines = []
+    for requirement in requirements:
+        text, hashes = pip_hashes(requirement)
+        lines.append(text)
+        if hashes:
+            name = canonicalize_name(re.split(r"[\s\[<>=!~;@(]", text, maxsplit=1)[0])
+            allowed.setdefault(name, set()).update(
+                h.removeprefix("sha256:") for h in hashes if h.startswith("sha256:")
+            )
+    (work / "requirements.in").write_text("".join(f"{line}\n" for line in lines))
     out = work / "pylock.toml"
     arch = _ARCHES.get(platform)
     if arch is None:
@@ -104,15 +116,21 @@ def resolve(
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise SolveError(f"uv wrote no lock it can read back: {exc}") from None
     tags = {tag: rank for rank, tag in enumerate(supported_tags(python_version, platform))}
-    wheels = [_best(package, tags) for package in lock.get("packages", [])]
+    wheels = [_best(package, tags, allowed) for package in lock.get("packages", [])]
     wheels.sort(key=lambda wheel: wheel.name)
     text = "".join(f"{w.name}=={w.version} --hash=sha256:{w.sha256}\n" for w in wheels)
     return PipLock(text, tuple(wheels))
 
 
-def _best(package: Mapping[str, Any], tags: Mapping[Tag, int]) -> LockedWheel:
-    """The wheel of a pylock package entry that the image runs best."""
+def _best(
+    package: Mapping[str, Any],
+    tags: Mapping[Tag, int],
+    allowed: Mapping[str, set[str]] | None = None,
+) -> LockedWheel:
+    """The wheel of a pylock package entry that the image runs best, among those whose sha256
+    the spec allows for it (`allowed`, by name: its `--hash` options), if it says."""
     name = canonicalize_name(str(package.get("name", "")))
+    only = (allowed or {}).get(name)
     found: list[tuple[int, LockedWheel]] = []
     entries = package.get("wheels")
     for entry in entries if isinstance(entries, list) else []:
@@ -124,9 +142,15 @@ def _best(package: Mapping[str, Any], tags: Mapping[Tag, int]) -> LockedWheel:
         except ValueError:
             continue
         ranks = [tags[tag] for tag in wheel_tags if tag in tags]
+        if only is not None and sha256 not in only:
+            continue
         if ranks and len(sha256) == 64 and url:
             version = str(package.get("version", ""))
             found.append((min(ranks), LockedWheel(name, version, filename, url, sha256)))
+    if not found and only is not None:
+        raise SolveError(
+            f"no wheel of {name} that runs on the image has a sha256 its --hash allows"
+        )
     if not found:
         raise SolveError(f"no wheel of {name} runs on the image (envctl installs wheels only)")
     return min(found, key=lambda item: (item[0], item[1].filename))[1]

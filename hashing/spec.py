@@ -211,9 +211,11 @@ def parse_spec_text(text: str, source: str, *, format: SpecFormat | None = None)
     return SpecDraft("conda", source, None, variables=tuple(sorted(variables.items())), conda=conda)
 
 
-def parse_conda_text(text: str, source: str) -> tuple[CondaEnvironment, dict[str, str]]:
-    """Parse a conda environment file named by a spec."""
-    return parse_conda(load_yaml(text, source))
+def parse_conda_text(
+    text: str, source: str, *, platform: str = DEFAULT_PLATFORM
+) -> tuple[CondaEnvironment, dict[str, str]]:
+    """Parse a conda environment file named by a spec, for the spec's image `platform`."""
+    return parse_conda(load_yaml(text, source), platform=platform)
 
 
 def complete_spec(
@@ -267,8 +269,9 @@ def _envctl_draft(doc: YamlDocument) -> SpecDraft:
         first = doc.block_starts.get(("docker_steps",)) or doc.line_of(("docker_steps",)) or 1
         steps = parse_steps(model.docker_steps, doc.source, first_line=first)
     conda = conda_file = None
+    platform = _platform(doc, ("platform",), model.platform)
     if isinstance(model.conda, dict):
-        env, conda_vars = parse_conda(doc, ("conda",))
+        env, conda_vars = parse_conda(doc, ("conda",), platform=platform)
         conda = env
         variables = _merge(doc, model.variables, conda_vars)
     else:
@@ -280,7 +283,7 @@ def _envctl_draft(doc: YamlDocument) -> SpecDraft:
         doc.source,
         _image(doc, ("base_image",), model.base_image),
         doc.line_of(("base_image",)),
-        platform=_platform(doc, ("platform",), model.platform),
+        platform=platform,
         variables=tuple(sorted(variables.items())),
         docker_steps=steps,
         conda=conda,
@@ -297,7 +300,7 @@ def _azureml_draft(doc: YamlDocument) -> SpecDraft:
     conda = conda_file = None
     variables: dict[str, str] = {}
     if isinstance(model.conda_file, dict):
-        conda, variables = parse_conda(doc, ("conda_file",))
+        conda, variables = parse_conda(doc, ("conda_file",), platform=platform)
     elif model.conda_file is not None:
         conda_file = _ref(doc, ("conda_file",), model.conda_file)
     context = dockerfile = None

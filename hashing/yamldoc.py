@@ -45,6 +45,8 @@ class YamlDocument:
     lines: dict[Path, int] = field(default_factory=dict)
     # first content line of each block scalar (`key: |`), which starts on the line after the key
     block_starts: dict[Path, int] = field(default_factory=dict)
+    # the comment after a scalar sequence item on its last line (`- pkg  # [linux64]`)
+    comments: dict[Path, str] = field(default_factory=dict)
 
     def line_of(self, path: Path) -> int | None:
         """The line of `path`, or of its nearest ancestor that has one."""
@@ -68,7 +70,8 @@ def load_yaml(text: str, source: str) -> YamlDocument:
         node = loader.get_single_node()
         builder = _Builder(loader, source)
         value = None if node is None else builder.build(node, ())
-        return YamlDocument(value, source, builder.lines, builder.blocks)
+        comments = _comments(text, builder.ends) if "#" in text else {}
+        return YamlDocument(value, source, builder.lines, builder.blocks, comments)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
@@ -88,6 +91,8 @@ class _Builder:
         self.source = source
         self.lines: dict[Path, int] = {}
         self.blocks: dict[Path, int] = {}
+        # where each scalar sequence item ends: (line, column), both from 0
+        self.ends: dict[Path, tuple[int, int]] = {}
         self._seen: set[int] = set()
 
     def build(self, node: yaml.Node, path: Path) -> Any:
@@ -118,8 +123,11 @@ class _Builder:
             if item.tag == _STR_TAG and item.style is None and type(item) is yaml.ScalarNode:
                 # plain strings are most of a spec's nodes (dependencies): no call per item
                 self.lines[(*path, i)] = item.start_mark.line + 1
+                self.ends[(*path, i)] = (item.end_mark.line, item.end_mark.column)
                 out.append(item.value)
             else:
+                if isinstance(item, yaml.ScalarNode):
+                    self.ends[(*path, i)] = (item.end_mark.line, item.end_mark.column)
                 out.append(self.build(item, (*path, i)))
         return out
 
@@ -146,3 +154,15 @@ class _Builder:
             out[key] = self.build(value_node, (*path, key))
             self.lines[(*path, key)] = line  # errors about a value point at its key
         return out
+
+
+def _comments(text: str, ends: dict[Path, tuple[int, int]]) -> dict[Path, str]:
+    """The comment that follows each item on the line where it ends, without its `#`."""
+    lines = text.splitlines()
+    out: dict[Path, str] = {}
+    for path, (line, column) in ends.items():
+        if line < len(lines):
+            rest = lines[line][column:].lstrip()
+            if rest.startswith("#"):
+                out[path] = rest[1:].strip()
+    return out

@@ -14,7 +14,11 @@ from hashing import compute_key, parse_image
 from tests.conftest import CORPUS, FIXTURES, HAS_CORPUS, copy_with_fixed_modes, needs_corpus
 
 pytestmark = needs_corpus
-_NO_INDEX: dict[str, list[str]] = {"conda_files": [], "environment_definitions": [], "dockerfiles": []}
+_NO_INDEX: dict[str, list[str]] = {
+    "conda_files": [],
+    "environment_definitions": [],
+    "dockerfiles": [],
+}
 INDEX = json.loads((CORPUS / "index.json").read_text()) if HAS_CORPUS else _NO_INDEX
 MISSING_CONDA = "sdk/python/endpoints/online/deploy-with-packages/custom-model/environment/"
 BROKEN = MISSING_CONDA + "sklearn-regression-env.yml"

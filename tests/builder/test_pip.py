@@ -80,3 +80,16 @@ def test_a_wheel_is_fetched_only_from_the_operators_folders_and_only_as_pinned(
     named = LockedWheel("demo", "1.0", "../escape.whl", wheel.url, wheel.sha256)
     with pytest.raises(StepFailed, match="not a wheel file name"):
         fetch(named, tmp_path / "out", sources=sources)
+
+
+def test_a_requirements_hash_decides_which_wheel_may_be_pinned() -> None:
+    tags = {tag: rank for rank, tag in enumerate(supported_tags("3.11", "linux/amd64"))}
+    best = {"url": "https://index.invalid/f/demo-1.0-cp311-cp311-manylinux_2_17_x86_64.whl",
+            "hashes": {"sha256": "aa" * 32}}  # fmt: skip
+    pure = {"url": "https://index.invalid/f/demo-1.0-py3-none-any.whl",
+            "hashes": {"sha256": "bb" * 32}}  # fmt: skip
+    package = {"name": "demo", "version": "1.0", "wheels": [best, pure]}
+    assert _best(package, tags).sha256 == "aa" * 32
+    assert _best(package, tags, {"demo": {"bb" * 32}}).sha256 == "bb" * 32
+    with pytest.raises(SolveError, match="--hash allows"):
+        _best(package, tags, {"demo": {"cc" * 32}})
