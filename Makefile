@@ -33,6 +33,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/mypy bench/hash
 	$(BIN)/mypy scripts/build-channel
+	$(BIN)/mypy scripts/bench-data
 	$(BIN)/mypy bench/lookup
 	$(BIN)/mypy bench/build
 	$(BIN)/mypy bench/serve
