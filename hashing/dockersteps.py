@@ -152,10 +152,12 @@ def parse_dockerfile(text: str, source: str) -> ParsedDockerfile:
             raise SpecError(f"{before.instruction} before FROM", source=source, line=before.line)
     frm = commands[froms[0]]
     if "$" in " ".join(frm.args + frm.flags):
-        raise SpecError(
-            "FROM uses a build argument; envctl needs the base image written out",
-            source=source,
-            line=frm.line,
+        # as Docker does: the ARGs before the first FROM, with their defaults, expand in FROM
+        meta = _meta_args(commands[: froms[0]], source)
+        frm = replace(
+            frm,
+            args=tuple(_expand(a, meta, source, frm.line) for a in frm.args),
+            flags=tuple(_expand(f, meta, source, frm.line) for f in frm.flags),
         )
     if len(frm.args) not in (1, 3) or (len(frm.args) == 3 and frm.args[1].upper() != "AS"):
         raise SpecError("FROM takes IMAGE [AS NAME]", source=source, line=frm.line)
@@ -175,6 +177,44 @@ def parse_dockerfile(text: str, source: str) -> ParsedDockerfile:
     defaults = _global_arg_defaults(commands[: froms[0]])
     steps = tuple(_inherit_defaults(step, defaults) for step in commands[froms[0] + 1 :])
     return ParsedDockerfile(base, platform, steps, source, frm.line)
+
+
+_VARIABLE = re.compile(r"\$(?:\{(?P<braced>\w+)(?::(?P<op>[-+])(?P<word>[^}]*))?\}|(?P<bare>\w+))")
+
+
+def _meta_args(before_from: tuple[DockerStep, ...], source: str) -> dict[str, str | None]:
+    """The build arguments declared before the first FROM, by name: each default (expanded
+    with those declared before it, as Docker reads them), or None for one without."""
+    meta: dict[str, str | None] = {}
+    for step in before_from:
+        for arg in step.args:
+            name, eq, value = arg.partition("=")
+            meta[name] = _expand(value, meta, source, step.line) if eq else None
+    return meta
+
+
+def _expand(text: str, meta: dict[str, str | None], source: str, line: int) -> str:
+    """`text` with `$NAME`, `${NAME}`, `${NAME:-word}` and `${NAME:+word}` replaced from
+    `meta`; SpecError for a name without a value (envctl passes no --build-arg)."""
+
+    def value(match: re.Match[str]) -> str:
+        name = match.group("braced") or match.group("bare")
+        found = meta.get(name)
+        if match.group("op") == "-":
+            return found if found else match.group("word")
+        if match.group("op") == "+":
+            return match.group("word") if found else ""
+        if found is None:
+            why = "is not declared before FROM" if name not in meta else "has no default"
+            raise SpecError(
+                f"FROM uses the build argument {name}, which {why}; envctl passes no "
+                "--build-arg, so give it a default or write the image out",
+                source=source,
+                line=line,
+            )
+        return found
+
+    return _VARIABLE.sub(value, text)
 
 
 def _global_arg_defaults(before_from: tuple[DockerStep, ...]) -> dict[str, str]:

@@ -227,3 +227,23 @@ def test_past_the_layer_budget_packages_share_a_bucket_and_the_image_runs(
                  f"envctl-greet; ls {ENV_PREFIX}/share/envctl-data")  # fmt: skip
     assert "hello from envctl-hello 2.0" in out.splitlines()
     assert "table.csv" in out.splitlines()
+
+
+def test_a_dockerfile_whose_from_is_a_build_argument_builds_as_docker_reads_it(
+    cli: CliRunner, workspace: OciRegistry, services: Services, tmp_path: Path
+) -> None:
+    """An Azure ML build context: FROM through global ARGs with defaults (one made of
+    another), a stage ARG inheriting a global default and one overriding it."""
+    registry, _, rest = services.busybox_image.partition("/")
+    (tmp_path / "ctx").mkdir()
+    (tmp_path / "ctx" / "Dockerfile").write_text(
+        f"ARG REGISTRY={registry}\nARG BASE=$REGISTRY/{rest}\nARG KEPT=global\n"
+        "ARG CHANGED=global\nFROM $BASE\nARG KEPT\nARG CHANGED=stage\n"
+        'RUN echo "$KEPT $CHANGED" > /args\n'
+    )
+    spec = tmp_path / "env.yml"
+    spec.write_text("name: from-an-argument\nbuild:\n  path: ctx\n")
+    built = _resolve(cli, spec)
+    image = f"{built['image'].rsplit(':', 1)[0]}@{built['digest']}"
+    out = docker(services, "run", "--rm", "--network", "none", image, "cat", "/args")
+    assert out == "global stage\n"

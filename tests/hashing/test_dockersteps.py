@@ -89,7 +89,8 @@ def test_a_dockerfile_splits_into_base_and_steps() -> None:
     [
         ("RUN x", "no FROM"),
         ("FROM a\nFROM b", "multi-stage"),
-        ("ARG V=1\nFROM base:$V", "build argument"),
+        ("ARG V\nFROM base:$V", "build argument V, which has no default"),
+        ("FROM base:${W}", "build argument W, which is not declared before FROM"),
         ("RUN x\nFROM a", "RUN before FROM"),
         ("FROM Bad_Name", "lowercase"),
     ],
@@ -316,6 +317,26 @@ def test_a_step_that_only_reads_the_same_where_it_was_is_an_error(text: str) -> 
 def test_what_dockers_parser_cannot_read_faithfully_is_refused(text: str) -> None:
     with pytest.raises(SpecError):
         parse_steps(text, "spec.yml")
+
+
+@pytest.mark.parametrize(
+    ("text", "image"),
+    [
+        ("ARG V=13.3.0\nFROM nvidia/cuda:${V}-devel", "docker.io/nvidia/cuda:13.3.0-devel"),
+        ("ARG R=quay.io\nARG O=jupyter\nARG B=$R/$O/base\nFROM $B", "quay.io/jupyter/base:latest"),
+        ("ARG V\nFROM debian:${V:-bookworm}", "docker.io/library/debian:bookworm"),
+        ("ARG V=x\nFROM debian${V:+:bookworm}", "docker.io/library/debian:bookworm"),
+    ],
+)
+def test_from_reads_the_build_arguments_defaults_as_docker_does(text: str, image: str) -> None:
+    assert str(parse_dockerfile(text, "Dockerfile").base_image) == image
+
+
+def test_a_from_written_through_an_argument_is_the_same_spec_as_written_out() -> None:
+    digest = "sha256:" + "b" * 64
+    through = parse_dockerfile(f"ARG BASE=busybox@{digest}\nFROM $BASE\nRUN echo hi\n", "D")
+    written = parse_dockerfile(f"FROM busybox@{digest}\nRUN echo hi\n", "D")
+    assert (through.base_image, through.steps) == (written.base_image, written.steps)
 
 
 def test_a_global_arg_default_reaches_the_stage_as_docker_applies_it() -> None:
