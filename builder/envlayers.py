@@ -96,10 +96,13 @@ def conda_layers(
         _check_record(record)
     names = {record.name.normalized for record in records}
     python = _python(records)
+    # a noarch: python package's files go where the python record says: its layer depends
+    # on that record as a whole (3.13 and a free-threaded 3.13t lay out differently)
+    python_id = None if python is None else (python.sha256 or b"").hex()[:16] or "unknown"
 
     def one(record: rattler.RepoDataRecord) -> PackageLayer:
         name = record.name.normalized
-        key = conda_key(record, python)
+        key = conda_key(record, python_id)
 
         def make(out: Path) -> tuple[Layer, dict[str, Any]]:
             prefix = work / f"conda-{uuid.uuid4().hex}"
@@ -127,8 +130,8 @@ def conda_layers(
 
 
 def conda_key(record: rattler.RepoDataRecord, python: str | None) -> str:
-    """A conda package's layer key: its sha256 and channel, the python a `noarch: python`
-    package is installed for, the layout and the tools."""
+    """A conda package's layer key: its sha256 and channel, the python record (its sha256's
+    start) a `noarch: python` package is installed for, the layout and the tools."""
     sha = (record.sha256 or b"").hex()
     if not sha:
         raise StepFailed(f"{record.url}: the channel gives no sha256 for it")
@@ -160,8 +163,19 @@ def conda_meta_layer(
         remove_tree(root)
 
 
+_SITE_PACKAGES = re.compile(r"lib/python3\.\d{1,2}t?/site-packages")
+
+
 def _check_record(record: rattler.RepoDataRecord) -> None:
-    """Refuse a record whose name, version, build or file name could be read as a path."""
+    """Refuse a record whose name, version, build or file name could be read as a path, or
+    that would send a `noarch: python` package's files anywhere but its site-packages
+    (rattler writes them under the python record's `python_site_packages_path`)."""
+    site = record.python_site_packages_path
+    if site is not None and not _SITE_PACKAGES.fullmatch(site):
+        raise StepFailed(
+            f"{record.url}: its python_site_packages_path {site!r} is not lib/pythonX.Y/"
+            "site-packages"
+        )
     parts = {
         "name": record.name.normalized,
         "version": str(record.version),
@@ -174,11 +188,26 @@ def _check_record(record: rattler.RepoDataRecord) -> None:
         raise StepFailed(f"{record.url}: the package's file name is not a plain name")
 
 
-def _python(records: Sequence[rattler.RepoDataRecord]) -> str | None:
+def _python(records: Sequence[rattler.RepoDataRecord]) -> rattler.RepoDataRecord | None:
     for record in records:
         if record.name.normalized == "python":
-            return ".".join(str(record.version).split(".")[:2])
+            return record
     return None
+
+
+def python_scheme(lock: CondaLock) -> PythonScheme | None:
+    """Where wheels go for the python the lock installs, if it installs one: its version and
+    its record's site-packages (a free-threaded python's is `lib/python3.13t/site-packages`)."""
+    records = list(lock.records or CondaLock.from_text(lock.text, lock.platform).records)
+    record = _python(records)
+    if record is None:
+        return None
+    _check_record(record)
+    version = ".".join(str(record.version).split(".")[:2])
+    if not re.fullmatch(r"3\.\d{1,2}", version):
+        raise StepFailed(f"{record.url}: not a python version envctl installs wheels for")
+    site = record.python_site_packages_path or f"lib/python{version}/site-packages"
+    return PythonScheme.conda(version, site=site)
 
 
 # ------------------------------------------------------------------------------------ wheels
@@ -194,9 +223,10 @@ class PythonScheme:
     paths: Mapping[str, str]
 
     @classmethod
-    def conda(cls, python: str) -> PythonScheme:
-        """The scheme of the environment's own python (`MAJOR.MINOR`)."""
-        site = f"{ENV_PREFIX}/lib/python{python}/site-packages"
+    def conda(cls, python: str, *, site: str | None = None) -> PythonScheme:
+        """The scheme of the environment's own python (`MAJOR.MINOR`), its site-packages
+        relative to the prefix (`lib/pythonX.Y/site-packages` unless said)."""
+        site = f"{ENV_PREFIX}/{site or f'lib/python{python}/site-packages'}"
         return cls(
             python,
             f"{ENV_PREFIX}/bin/python{python}",

@@ -41,6 +41,7 @@ from builder.envlayers import (
     conda_layers,
     conda_meta_layer,
     finish,
+    python_scheme,
     remove_tree,
     wheel_layers,
 )
@@ -247,11 +248,9 @@ class ImageBuilder:
                 )
                 made.conda = True
             if conda is not None and conda.pip:
-                python = _python_of(lock)
-                if python is not None:
-                    scheme = PythonScheme.conda(python)
-                else:  # the base image's own python3
-                    scheme = self._base_python(base_image)
+                found = None if lock is None else python_scheme(lock)
+                # without a python in the environment, the base image's own python3
+                scheme = found or self._base_python(base_image)
                 on_event(
                     "solve",
                     f"resolving {len(conda.pip)} pip requirements for python {scheme.version}",
@@ -379,14 +378,6 @@ class ImageBuilder:
         if credentials is None:
             return None
         return {"username": credentials.username, "password": credentials.password}
-
-
-def _python_of(lock: CondaLock | None) -> str | None:
-    """`MAJOR.MINOR` of the python a conda lock installs, if it installs one."""
-    for package in lock.packages if lock is not None else ():
-        if package.name == "python":
-            return ".".join(package.version.split(".")[:2])
-    return None
 
 
 def _settings(spec: EnvironmentSpec, key: EnvKey, made: _Made) -> ImageSettings:

@@ -33,24 +33,36 @@ from builder.layercache import LayerCache
 
 
 def _record(name: str = "pkg", version: str = "1.0", noarch: Literal["python"] | None = None,
-            channel: str = "http://127.0.0.1:1/") -> rattler.RepoDataRecord:  # fmt: skip
+            channel: str = "http://127.0.0.1:1/",
+            site: str | None = None) -> rattler.RepoDataRecord:  # fmt: skip
     package = rattler.PackageRecord(
         name=name, version=version, build=rattler.BuildString("0"), build_number=0,
         subdir="noarch" if noarch else "linux-64", depends=[], md5=bytes(16),
         sha256=bytes.fromhex("ab" * 32), noarch=rattler.NoArchType(noarch),
+        python_site_packages_path=site,
     )  # fmt: skip
     file_name = f"{name}-{version}-0.conda"
     return rattler.RepoDataRecord(package, file_name, f"{channel}linux-64/{file_name}", channel)
 
 
 def test_a_layer_key_names_the_package_its_channel_and_its_python_only_when_it_matters() -> None:
-    plain = conda_key(_record(), python="3.11")
+    # the python is named by its record's sha256: 3.13 and a free-threaded 3.13t differ
+    plain = conda_key(_record(), python="c0ffee")
     assert plain.startswith("conda-" + "ab" * 32 + "-")
     assert "-py" not in plain  # a compiled package does not depend on the python beside it
-    assert conda_key(_record(channel="http://127.0.0.1:2/"), "3.11") != plain
-    noarch = conda_key(_record(noarch="python"), python="3.11")
-    assert "-py3.11-" in noarch
-    assert conda_key(_record(noarch="python"), python="3.12") != noarch
+    assert conda_key(_record(channel="http://127.0.0.1:2/"), "c0ffee") != plain
+    noarch = conda_key(_record(noarch="python"), python="c0ffee")
+    assert "-pyc0ffee-" in noarch
+    assert conda_key(_record(noarch="python"), python="beef00") != noarch
+
+
+@pytest.mark.parametrize(
+    "site", ["../../../../tmp/escaped", "/tmp/escaped", "lib/python3.11/site-packages/../../x"]
+)
+def test_a_python_that_would_put_packages_outside_its_site_packages_is_refused(site: str) -> None:
+    with pytest.raises(StepFailed, match="python_site_packages_path"):
+        _check_record(_record(name="python", version="3.11.9", site=site))
+    _check_record(_record(name="python", version="3.13.1", site="lib/python3.13t/site-packages"))
 
 
 @pytest.mark.parametrize("version", ["1.0/..", "..", "1.0\n"])

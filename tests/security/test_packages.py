@@ -25,9 +25,17 @@ from tests.conftest import Services
 EPOCH = 1_704_067_200
 
 
-def _package(channel: Path, name: str, entries: list[tuple[str, str, bytes | str]]) -> None:
+def _package(
+    channel: Path,
+    name: str,
+    entries: list[tuple[str, str, bytes | str]],
+    *,
+    noarch: str = "generic",
+    **fields: object,
+) -> None:
     """Write noarch/NAME-1.0-0.tar.bz2 holding `entries`: (path, "file" or "link", data or
-    link target), recorded in its paths.json as conda-build would."""
+    link target), recorded in its paths.json as conda-build would; `fields` go into its
+    index.json."""
     paths: list[dict[str, object]] = []
     payload = io.BytesIO()
     with tarfile.open(fileobj=payload, mode="w") as tar:
@@ -46,8 +54,8 @@ def _package(channel: Path, name: str, entries: list[tuple[str, str, bytes | str
                               "sha256": hashlib.sha256(data).hexdigest(),
                               "size_in_bytes": len(data)})  # fmt: skip
     index = {"name": name, "version": "1.0", "build": "0", "build_number": 0,
-             "subdir": "noarch", "noarch": "generic", "depends": [], "license": "MIT",
-             "timestamp": EPOCH * 1000}  # fmt: skip
+             "subdir": "noarch", "noarch": noarch, "depends": [], "license": "MIT",
+             "timestamp": EPOCH * 1000, **fields}  # fmt: skip
     info_files = {
         "info/index.json": json.dumps(index).encode(),
         "info/paths.json": json.dumps({"paths": paths, "paths_version": 1}).encode(),
@@ -55,7 +63,7 @@ def _package(channel: Path, name: str, entries: list[tuple[str, str, bytes | str
     }
     (channel / "noarch").mkdir(parents=True, exist_ok=True)
     (channel / "linux-64").mkdir(exist_ok=True)
-    with tarfile.open(channel / "noarch" / f"{name}-1.0-0.tar.bz2", "w:bz2") as out:
+    with tarfile.open(channel / "noarch" / f"{name}-{index['version']}-0.tar.bz2", "w:bz2") as out:
         for path, data in info_files.items():
             info = tarfile.TarInfo(path)
             info.size, info.mtime = len(data), EPOCH
@@ -101,6 +109,27 @@ def test_a_package_that_writes_through_its_own_link_writes_nothing_on_the_host(
     assert "Traceback" not in result.stderr
     assert list(host.iterdir()) == []
     assert workspace.tags() == []  # no image, and no metadata of one
+
+
+def test_a_python_that_sends_its_packages_out_of_the_prefix_writes_nothing_on_the_host(
+    cli: CliRunner, channel: Path, workspace: OciRegistry, tmp_path: Path
+) -> None:
+    """rattler puts a noarch: python package's files under its python's site-packages path,
+    which the channel's python record states: here, a way out of the install folder."""
+    host = tmp_path / "host-folder"
+    host.mkdir()
+    escape = "../" * 40 + str(host).lstrip("/")
+    _package(channel, "python", [("bin/python3.11", "file", "#!/bin/sh\n")],
+             python_site_packages_path=escape, version="3.11.9")  # fmt: skip
+    _package(channel, "evil-site", [("site-packages/evil.py", "file", "owned = True\n")],
+             noarch="python", depends=["python"])  # fmt: skip
+    _index(channel)
+    spec = _spec(tmp_path, channel, "evil-site")
+    result = cli.invoke(app, ["resolve", "--json", str(spec)])
+    assert result.exit_code == 1, result.stderr
+    assert "python_site_packages_path" in result.stderr
+    assert list(host.iterdir()) == []
+    assert workspace.tags() == []
 
 
 def test_a_package_that_links_to_a_host_file_sends_the_link_not_the_file(
