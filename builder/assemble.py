@@ -65,7 +65,12 @@ def assemble(
     if config_descriptor.size > MAX_CONFIG:
         raise BuildError(f"the base image's config is larger than {MAX_CONFIG} bytes")
     with base.read_blob(config_descriptor) as chunks:
-        config = json.loads(b"".join(chunks))
+        try:
+            config = json.loads(b"".join(chunks))
+        except ValueError:
+            config = None
+    if not isinstance(config, dict) or not isinstance(config.get("config") or {}, dict):
+        raise BuildError(f"the base image {base.reference(base_digest)} has no image config")
     base_layers = [Descriptor.from_json(d) for d in body.get("layers", [])]
 
     def send(layer: Layer) -> None:
@@ -113,8 +118,11 @@ def platform_manifest(base: StoreRegistry, digest: str, platform: str) -> Manife
     if not manifest.is_index:
         return manifest
     for child in json.loads(manifest.data).get("manifests", []):
-        if _platform_of(child.get("platform") or {}) == platform:
-            return platform_manifest(base, str(child["digest"]), platform)
+        if not isinstance(child, dict) or not isinstance(child.get("digest"), str):
+            continue
+        entry = child.get("platform")
+        if isinstance(entry, dict) and _platform_of(entry) == platform:
+            return platform_manifest(base, child["digest"], platform)
     raise BuildError(f"the base image {base.reference(digest)} has no {platform} manifest")
 
 

@@ -216,26 +216,42 @@ class DockerBuilder:
 
     def run_python(self, image: str, script: str) -> str:
         """What `python3 -c script` prints in a container of `image` (pulled first if missing),
-        with no network; StepFailed when it fails or prints more than 64 kB."""
+        with no network, no capabilities and the steps' memory and CPU limits; StepFailed when
+        it fails or runs past 120 s. At most 64 kB of its output is read."""
+        limits: dict[str, Any] = {"network_mode": "none", "cap_drop": ["ALL"], "pids_limit": 256,
+                                  "security_opt": ["no-new-privileges"]}  # fmt: skip
+        if "memory" in self._params:
+            limits |= {"mem_limit": self._params["memory"], "memswap_limit": self._params["memory"]}
+        if "cpuquota" in self._params:
+            limits |= {"cpu_period": _CPU_PERIOD, "cpu_quota": self._params["cpuquota"]}
+        container = None
         try:
             try:
                 self._api.inspect_image(image)  # type: ignore[no-untyped-call]
             except docker.errors.ImageNotFound:
                 self._api.pull(image)
-            config = self._api.create_host_config(network_mode="none")
+            config = self._api.create_host_config(**limits)
             container = self._api.create_container(
                 image, ["python3", "-c", script], host_config=config
             )
+            self._api.start(container)
             try:
-                self._api.start(container)
                 status = self._api.wait(container, timeout=120)["StatusCode"]
-                output = self._api.logs(container, stdout=True, stderr=True, tail=200)
-            finally:
-                self._api.remove_container(container, force=True)
+            except requests.exceptions.ReadTimeout:
+                raise StepFailed(f"python3 in {image} ran past 120 s") from None
+            output = b""
+            for chunk in self._api.logs(container, stdout=True, stderr=True, stream=True):
+                output += chunk
+                if len(output) > 64 << 10:
+                    break
         except requests.RequestException as exc:  # refused, reset or timed out: the engine's
             raise EngineUnavailable(f"the Docker engine at {self.base_url}: {exc}") from exc
         except docker.errors.DockerException as exc:
             raise BuildError(f"cannot run python3 on {image}: {exc}") from exc
+        finally:
+            if container is not None:
+                with contextlib.suppress(requests.RequestException, docker.errors.DockerException):
+                    self._api.remove_container(container, force=True)
         text = output[: 64 << 10].decode(errors="replace").strip()
         if status != 0:
             raise StepFailed(

@@ -25,6 +25,7 @@ import json
 import re
 import shutil
 import subprocess
+import tarfile
 import uuid
 import zipfile
 import zlib
@@ -41,7 +42,7 @@ from installer.destinations import SchemeDictionaryDestination
 from installer.sources import WheelFile
 
 from builder.conda import CondaLock, install_records
-from builder.errors import StepFailed
+from builder.errors import CorruptLayer, LayerError, StepFailed
 from builder.layer import GZIP_LEVEL, Layer, merge_layers, write_layer
 from builder.layercache import LayerCache
 
@@ -343,7 +344,7 @@ def _install_wheel(path: Path, scheme: PythonScheme, root: Path) -> None:
         with WheelFile.open(path) as source:
             source.validate_record()
             install_wheel(source, destination, additional_metadata={})
-    except (ValueError, KeyError, OSError, zipfile.BadZipFile) as exc:
+    except (ValueError, KeyError, OSError, zipfile.BadZipFile, RecursionError) as exc:
         raise StepFailed(f"cannot install the wheel {path.name}: {exc}") from None
     except Exception as exc:  # installer's own errors (a bad RECORD, a wheel it cannot read)
         if type(exc).__module__.startswith("installer"):
@@ -406,7 +407,16 @@ def _merged(
     def parts() -> list[Iterator[bytes]]:
         return [cache.read(member.key, member.layer) for member in members]
 
-    layer = cache.layer(key, lambda out: merge_layers(parts(), out))
+    try:
+        layer = cache.layer(key, lambda out: merge_layers(parts(), out))
+    except (tarfile.TarError, zlib.error, EOFError, OSError, LayerError) as exc:
+        # a member's cached blob is damaged where the tar or gzip reader sees it first:
+        # forget the members, so the next build makes them (and this bucket) again
+        for member in members:
+            cache.drop(member.key)
+        if isinstance(exc, CorruptLayer):
+            raise
+        raise CorruptLayer(f"a cached layer of {key} is corrupt ({exc}); dropped") from None
     note = {"members": [member.name for member in members]}
     return PackageLayer(section, f"{section}-bucket-{number:02d}", key, layer, note)
 

@@ -107,6 +107,8 @@ def _entries(
             stack.pop()
             continue
         path = f"{name}/{child.name}" if name else child.name
+        if child.name.startswith(".wh."):
+            raise LayerError(f"{child.path}: a .wh. name deletes files of the layers below")
         st = child.stat(follow_symlinks=False)
         if stat.S_ISLNK(st.st_mode):
             info = _info(path, tarfile.SYMTYPE, 0o777)
@@ -148,8 +150,9 @@ def _merged(
     """The entries of gzipped layer streams, in order, each folder once."""
     folders: set[str] = set()
     for chunks in parts:
+        reader = ChunkReader(chunks)
         with (
-            gzip.GzipFile(fileobj=cast(IO[bytes], ChunkReader(chunks)), mode="rb") as plain,
+            gzip.GzipFile(fileobj=cast(IO[bytes], reader), mode="rb") as plain,
             tarfile.open(fileobj=plain, mode="r|") as tar,
         ):
             for member in tar:
@@ -163,6 +166,7 @@ def _merged(
                 info.linkname, info.size = member.linkname, member.size
                 yield info, tar.extractfile(member) if member.isfile() else None
                 _forget(tar)
+        reader.drain()  # to its end: whoever sends the chunks checks them there
 
 
 class ChunkReader:
@@ -186,6 +190,12 @@ class ChunkReader:
 
     def readable(self) -> bool:
         return True
+
+    def drain(self) -> None:
+        """Read what is left, unused."""
+        self._buffer = b""
+        for _ in self._chunks:
+            pass
 
 
 def _folder(name: str) -> tarfile.TarInfo:

@@ -92,6 +92,10 @@ class LayerCache:
         work.mkdir(parents=True, exist_ok=True)
         return work
 
+    def drop(self, key: str) -> None:
+        """Forget KEY's layer (its blob stays for any other key that shares it)."""
+        self._entry(key).unlink(missing_ok=True)
+
     def read(self, key: str, layer: Layer) -> Iterator[bytes]:
         """The layer's bytes, checked against its digest as they pass: LayerError at the end
         if they differ, and KEY's entry is gone (its next build makes the layer again)."""

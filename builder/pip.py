@@ -18,6 +18,7 @@ import hashlib
 import os
 import re
 import subprocess
+import time
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,11 +33,12 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from builder.envlayers import LockedWheel
 from builder.errors import ChannelUnavailable, SolveError, StepFailed
-from hashing.conda import pip_hashes, pip_option_flag
+from hashing.conda import CONTROL, pip_hashes, pip_option_flag
 
 _ARCHES = {"linux/amd64": "x86_64", "linux/arm64": "aarch64"}
 GLIBC_MINOR = 28  # the glibc every supported base has (builder.conda.GLIBC_VERSION)
 MAX_WHEEL = 4 << 30  # bytes; no wheel of a real index comes near it
+FETCH_TIMEOUT = 900  # seconds for one wheel, however slowly its server sends it
 _CHUNK = 1 << 20
 _NETWORK_TROUBLE = ("Connection", "connect", "timed out", "dns error", "Network", "tcp")
 
@@ -60,8 +62,10 @@ def platform_tags(platform: str) -> list[str]:
     arch = _ARCHES.get(platform)
     if arch is None:
         raise SolveError(f"pip requirements are not supported for platform {platform}")
-    manylinux = [f"manylinux_2_{minor}_{arch}" for minor in range(GLIBC_MINOR, 16, -1)]
-    legacy = [f"manylinux2014_{arch}"] + ([f"manylinux1_{arch}"] if arch == "x86_64" else [])
+    manylinux = [f"manylinux_2_{minor}_{arch}" for minor in range(GLIBC_MINOR, 4, -1)]
+    legacy = [f"manylinux2014_{arch}"]
+    if arch == "x86_64":
+        legacy += [f"manylinux2010_{arch}", f"manylinux1_{arch}"]
     return [*manylinux, *legacy, f"linux_{arch}"]
 
 
@@ -69,8 +73,9 @@ def supported_tags(python_version: str, platform: str) -> list[Tag]:
     """The wheel tags CPython `python_version` runs on `platform`, best first."""
     major, minor = (int(part) for part in python_version.split("."))
     platforms = platform_tags(platform)
+    abi = f"cp{major}{minor}"  # said, not taken from the host's own interpreter
     return [
-        *cpython_tags((major, minor), platforms=platforms),
+        *cpython_tags((major, minor), abis=[abi], platforms=platforms),
         *compatible_tags((major, minor), interpreter=f"cp{major}{minor}", platforms=platforms),
     ]
 
@@ -92,6 +97,8 @@ def resolve(
     allowed: dict[str, set[str]] = {}
     lines = []
     for requirement in requirements:
+        if CONTROL.search(requirement):  # hashing refuses them too
+            raise SolveError(f"a pip requirement holds a control character: {requirement!r}")
         text, hashes = pip_hashes(requirement)
         lines.append(text)
         if hashes:
@@ -133,7 +140,11 @@ def _best(
     only = (allowed or {}).get(name)
     found: list[tuple[int, LockedWheel]] = []
     entries = package.get("wheels")
-    for entry in entries if isinstance(entries, list) else []:
+    candidates = list(entries) if isinstance(entries, list) else []
+    archive = package.get("archive")  # a direct URL requirement (`name @ https://….whl`)
+    if isinstance(archive, dict) and str(archive.get("url", "")).endswith(".whl"):
+        candidates.append(archive)
+    for entry in candidates:
         url = str(entry.get("url") or "")
         filename = unquote(urlsplit(url).path.rsplit("/", 1)[-1]) or str(entry.get("name", ""))
         sha256 = str((entry.get("hashes") or {}).get("sha256", ""))
@@ -184,7 +195,12 @@ def fetch(wheel: LockedWheel, folder: Path, *, sources: Sequence[str]) -> Path:
                         raise ChannelUnavailable(f"{wheel.url}: HTTP {reply.status_code}")
                     if reply.status_code != 200:
                         raise StepFailed(f"cannot fetch {wheel.url}: HTTP {reply.status_code}")
+                    deadline = time.monotonic() + FETCH_TIMEOUT
                     for chunk in reply.iter_bytes(_CHUNK):
+                        if time.monotonic() > deadline:
+                            raise ChannelUnavailable(
+                                f"{wheel.url} took longer than {FETCH_TIMEOUT} s to fetch"
+                            )
                         size += len(chunk)
                         if size > MAX_WHEEL:
                             raise StepFailed(f"{wheel.filename} is larger than {MAX_WHEEL} bytes")
@@ -192,10 +208,13 @@ def fetch(wheel: LockedWheel, folder: Path, *, sources: Sequence[str]) -> Path:
                         out.write(chunk)
             else:
                 raise StepFailed(f"cannot fetch {wheel.url}: not http, https or file")
+    except httpx.InvalidURL as exc:
+        raise StepFailed(f"cannot fetch {wheel.url}: {exc}") from None
     except httpx.HTTPError as exc:
         raise ChannelUnavailable(f"cannot fetch {wheel.url}: {exc}") from None
-    except FileNotFoundError:
-        raise StepFailed(f"cannot fetch {wheel.url}: no such file") from None
+    except OSError as exc:  # a missing file, a folder where a wheel should be
+        target.unlink(missing_ok=True)
+        raise StepFailed(f"cannot fetch {wheel.url}: {exc.strerror or exc}") from None
     if hasher.hexdigest() != wheel.sha256:
         target.unlink(missing_ok=True)
         raise StepFailed(f"{wheel.url} is not the pinned wheel (sha256 {hasher.hexdigest()})")

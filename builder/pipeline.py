@@ -18,14 +18,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from builder import pip
+from builder import envlayers, pip
 from builder.archive import export_archive, import_archive
 from builder.assemble import ImageSettings, assemble, layer_count, platform_manifest
 from builder.conda import CondaLock, solve
@@ -159,7 +158,15 @@ class ImageBuilder:
             with self._base_registry(base_image) as base:
                 below = platform_manifest(base, base_image.digest, platform)
                 steps = sum(s.instruction in ("RUN", "COPY", "ADD") for s in spec.docker_steps)
-                budget = min(LAYER_BUDGET, MAX_LAYERS - layer_count(below) - steps)
+                room = MAX_LAYERS - layer_count(below) - steps
+                if room < 2 * envlayers.BUCKETS + 1:
+                    raise StepFailed(
+                        f"the base image has {layer_count(below)} layers and the steps make "
+                        f"{steps}: with the environment's, the image would pass {MAX_LAYERS} "
+                        "layers, more than engines run; flatten the base or merge steps",
+                        build_id=build_id,
+                    )
+                budget = min(LAYER_BUDGET, room)
                 made = self._environment(spec, base_image, folder, budget, on_event)
                 settings = _settings(spec, key, made)
                 sent: list[Layer] = []
@@ -442,8 +449,11 @@ def _sweep(builds: Path, *, older_than: float) -> None:
     deadline = time.time() - older_than
     for folder in builds.iterdir():
         with contextlib.suppress(OSError):  # another process may be sweeping it too
-            if folder.stat().st_mtime < deadline:
-                shutil.rmtree(folder)
+            if folder.lstat().st_mtime < deadline:
+                if folder.is_dir() and not folder.is_symlink():
+                    remove_tree(folder)  # however deep a killed build left it
+                else:
+                    folder.unlink()
 
 
 def _images_read(spec: EnvironmentSpec) -> list[ImageName]:

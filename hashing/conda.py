@@ -31,6 +31,7 @@ _SIMPLE_REQUIREMENT = re.compile(
     rf"^(?P<name>{_NAME_TEXT})\s*(?:\[(?P<extras>[^\]]*)\])?\s*(?P<spec>[<>=!~][^;@()]*)?$"
 )
 _FILE_OPTIONS = frozenset({"-r", "--requirement", "-c", "--constraint", "-e", "--editable"})
+CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # in a pip line; a tab is whitespace
 _PIP_OPTION = re.compile(r"^(?P<flag>--?[A-Za-z][\w-]*)(?:(?:\s*=\s*|\s+)(?P<value>.+))?$")
 # The pip options a spec may carry: an allowlist, because pip runs on the builder host and most
 # of its options name host files (`--log`, `--cert`, `--src`) or change what it trusts.
@@ -132,6 +133,9 @@ def normalize_pip_line(text: str) -> tuple[bool, str]:
     line = text.strip()
     if not line:
         raise ValueError("empty pip requirement")
+    if CONTROL.search(line):
+        # a line break would make a second line of the requirements the resolver reads
+        raise ValueError(f"a pip requirement is one line without control characters: {line!r}")
     if line.startswith("-"):
         match = _PIP_OPTION.match(line)
         if match is None:

@@ -27,7 +27,7 @@ from builder.envlayers import (
     finish,
     remove_tree,
 )
-from builder.errors import StepFailed
+from builder.errors import CorruptLayer, StepFailed
 from builder.layer import write_layer
 from builder.layercache import LayerCache
 
@@ -175,3 +175,23 @@ def test_a_tree_of_any_depth_is_removed(tmp_path: Path) -> None:
     remove_tree(deep)
     assert not deep.exists()
     remove_tree(deep)  # a missing tree is no error
+
+
+def test_a_damaged_member_of_a_bucket_is_dropped_so_the_next_build_makes_it_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(envlayers, "BUCKETS", 1)
+    cache = LayerCache(tmp_path / "cache")
+    packages = [_package(cache, tmp_path, "conda", f"p{n}", 1000) for n in range(4)]
+    blob = packages[0].layer.path
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside the deflate stream: gzip or tar sees it first
+    blob.chmod(0o644)
+    blob.write_bytes(bytes(data))
+    with pytest.raises(CorruptLayer):
+        finish(packages, budget=2, cache=cache)  # all four in one bucket
+    made = []
+    for package in packages:  # every member is made again, and the bucket with them
+        assert cache.entry(package.key) is None
+        made.append(_package(cache, tmp_path / "again", "conda", package.name, 1000))
+    assert len(finish(made, budget=2, cache=cache)) == 1

@@ -186,3 +186,12 @@ def test_merged_layers_hold_every_file_in_order_and_each_folder_once(tmp_path: P
     assert clashes == [b"first", b"second"]  # the later wins once unpacked, as stacked layers
     again = merge_layers([chunks(layer.path) for layer in layers], tmp_path / "again.tar.gz")
     assert again.digest == merged.digest
+
+
+def test_a_whiteout_name_is_refused_as_it_would_delete_files_below(tmp_path: Path) -> None:
+    root = tmp_path / "tree"
+    (root / "lib").mkdir(parents=True)
+    (root / "lib" / ".wh.libc.so.6").write_text("")
+    with pytest.raises(LayerError, match=r"\.wh\."):
+        write_layer(root, tmp_path / "layer.tar.gz", prefix=PREFIX)
+    assert not list(tmp_path.glob("layer.tar.gz*"))

@@ -136,3 +136,16 @@ def test_every_error_is_a_spec_error() -> None:
     for text in ("platforms: linux-64\n" + PLAIN, "dependencies:\n  - sel(linux): [a, b]\n"):
         with pytest.raises(EnvctlError):
             _env(text)
+
+
+@pytest.mark.parametrize(
+    "line", [r"numpy\n--index-url=http://127.0.0.1:9/", r"num\rpy", r"numpy\0"]
+)
+def test_a_pip_line_with_a_control_character_is_refused_on_its_line(line: str) -> None:
+    error = _error(f'dependencies:\n  - pip:\n    - "{line}"\n')  # YAML's escapes
+    assert "control character" in error.message
+    assert error.line == 3
+
+
+def test_a_tab_inside_a_pip_line_is_whitespace_as_pip_reads_it() -> None:
+    assert _env('dependencies:\n  - pip:\n    - "numpy\\t==1.26.4"\n').pip == ("numpy==1.26.4",)
