@@ -146,9 +146,7 @@ def create_app(
         """The key of a spec, and the canonical inputs it is the hash of. A workspace token's
         spec must pass that workspace's source policy, as it would to resolve."""
         spec = await svc.blocking(token.workspace, svc.spec, body, token.workspace)
-        return HashView(
-            key=compute_key(spec), pinned=spec.base_image.pinned, inputs=canonical_inputs(spec)
-        )
+        return HashView(key=compute_key(spec), pinned=spec.pinned, inputs=canonical_inputs(spec))
 
     @app.post(
         "/v1/workspaces/{workspace}/resolve",

@@ -141,7 +141,7 @@ def _keyed(
         channels=s.channels, pip_index_url=s.pip_index_url, pip_find_links=s.pip_find_links
     )
     if resolve:
-        spec = spec.with_base_image(c.resolver.resolve(spec.base_image))
+        spec = spec.with_images(c.resolver.resolve)
     return spec, compute_key(spec)
 
 
@@ -154,7 +154,7 @@ def _hash(
         answer = c.environments().hash(_request(c, path, base_image, fmt))
         return answer.key, answer.pinned
     spec, key = _keyed(c, path, resolve=resolve, base_image=base_image, fmt=fmt)
-    return key, spec.base_image.pinned
+    return key, spec.pinned
 
 
 def _default_base(c: _Context, flag: str | None) -> ImageName | None:

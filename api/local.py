@@ -65,9 +65,7 @@ class LocalEnvironments:
     def hash(self, request: ResolveRequest) -> HashView:
         """The key of a spec, with its canonical inputs."""
         spec = self._service.spec(request, self.workspace)
-        return HashView(
-            key=compute_key(spec), pinned=spec.base_image.pinned, inputs=canonical_inputs(spec)
-        )
+        return HashView(key=compute_key(spec), pinned=spec.pinned, inputs=canonical_inputs(spec))
 
     def resolve(
         self,

@@ -79,8 +79,12 @@ class SourcePolicy:
     def check(self, spec: EnvironmentSpec) -> None:
         """Raise SpecError for the first image or URL this workspace may not read."""
         self.check_image(spec.base_image, *spec.base_origin)
-        for step in spec.docker_steps:  # an ONBUILD trigger is checked as its sub-instruction
-            self._check_step(step)
+        for stage in spec.stages:  # every stage's FROM, as the base's
+            if stage.image is not None:
+                self.check_image(stage.image, stage.source or None, stage.line or None, "FROM")
+        names = spec.stage_names()
+        for step in spec.steps():  # an ONBUILD trigger is checked as its sub-instruction
+            self._check_step(step, names)
         if spec.conda is not None:
             for requirement, source, line, field in spec.conda.pip_urls:
                 url = _URL.search(requirement)
@@ -108,7 +112,7 @@ class SourcePolicy:
             field=field,
         )
 
-    def _check_step(self, step: DockerStep) -> None:
+    def _check_step(self, step: DockerStep, stages: frozenset[str]) -> None:
         kind = step.sub_instruction or step.instruction
         where = (step.source or None, step.line or None)
         for name, value in step.image_flags():
@@ -119,7 +123,7 @@ class SourcePolicy:
                     line=where[1],
                     field=kind,
                 )
-            if value.isdigit():  # a stage index: there is no other stage, the build says so
+            if value.isdigit() or value.lower() in stages:  # a stage, by index or by name
                 continue
             try:
                 image = parse_image(value)

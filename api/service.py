@@ -46,6 +46,7 @@ from api.workers import Workers
 from builder.docker import DockerBuilder
 from hashing import EnvironmentSpec, EnvKey, SpecError, compute_key, parse_image_at
 from hashing.errors import Kind
+from hashing.stages import classic_builder_refusal
 from registry import DigestResolver
 from registry.base import ImageRef
 from registry.metadata import EnvMetadata
@@ -131,7 +132,7 @@ class EnvironmentService:
             settings, store, self.engine, workspaces, self._default_base, policed=policed
         )
         self._specs: Memo[EnvironmentSpec] = Memo(SPEC_MEMO)
-        self._keys: Memo[tuple[str, EnvKey]] = Memo(SPEC_MEMO)  # (base digest, key)
+        self._keys: Memo[tuple[str, EnvKey]] = Memo(SPEC_MEMO)  # (image digests, key)
         self._policies: dict[str, tuple[float, SourcePolicy]] = {}
         self._limiters: dict[str, CapacityLimiter] = {}  # made on the event loop, used there
         self.workers = Workers(self)
@@ -161,11 +162,11 @@ class EnvironmentService:
         anonymously."""
         spec = self.read_spec(request)
         if workspace is None:
-            return spec.with_base_image(self.digests.resolve(spec.base_image))
+            return spec.with_images(self.digests.resolve)
         if self.policed:
             self.policy(workspace).check(spec)
         tags = self.tenants.get(workspace).tags  # with the workspace's own credentials
-        return spec.with_base_image(tags.resolve(spec.base_image))
+        return spec.with_images(tags.resolve)
 
     def policy(self, workspace: str) -> SourcePolicy:
         """What `workspace`'s specs may name: its own namespace, the global registry, the
@@ -205,12 +206,13 @@ class EnvironmentService:
         spec = self._specs.get(fingerprint)
         if tenant is None or spec is None:
             return None
-        base = tenant.tags.remembered(spec.base_image)
-        if base is None:
+        pins = {image: tenant.tags.remembered(image) for image in spec.images()}
+        if None in pins.values():
             return None
+        digests = " ".join(pin.digest or "" for pin in pins.values() if pin is not None)
         keyed = self._keys.get(fingerprint)
-        if keyed is None or keyed[0] != base.digest:  # the spec on this base: key it once
-            keyed = (base.digest or "", compute_key(spec.with_base_image(base)))
+        if keyed is None or keyed[0] != digests:  # the spec on these images: key it once
+            keyed = (digests, compute_key(spec.with_images(lambda image: pins[image] or image)))
             self._keys.put(fingerprint, keyed)
         key = keyed[1]
         hit = tenant.tiers.remembered(key)
@@ -257,8 +259,16 @@ class EnvironmentService:
                 return Resolved(key, hit=hit)
         if not build:
             return Resolved(key)
+        refusal = classic_builder_refusal(tuple(spec.steps()))
+        if refusal is not None:  # said now, not by the engine once a build has started
+            raise refusal
         body, files = stored_request(request)
-        plan = {"request": body, "base_image": str(spec.base_image), "force_rebuild": force_rebuild}
+        plan = {
+            "request": body,
+            "base_image": str(spec.base_image),
+            "images": [str(image) for image in spec.images()],
+            "force_rebuild": force_rebuild,
+        }
         try:
             record, created = self.store.open_build(
                 workspace, key, plan, files=files, max_queued=self.limits.max_queued

@@ -18,7 +18,7 @@ from registry.metadata import EnvMetadata
 def explain_one(out: Console, path: str, spec: EnvironmentSpec, key: EnvKey, as_json: bool) -> None:
     """The canonical inputs behind one key."""
     if as_json:
-        body = {"spec": path, "key": key, "pinned": spec.base_image.pinned}
+        body = {"spec": path, "key": key, "pinned": spec.pinned}
         print(json.dumps({**body, "inputs": canonical_inputs(spec)}, indent=2))
         return
     out.print(f"[bold]{key}[/bold]  {escape(path)}")

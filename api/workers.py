@@ -163,7 +163,12 @@ class Workers:
         except KeyError:  # only a bug, or a hand-edited database, can take a file away
             raise EnvctlError("the build's request files are gone; resolve again") from None
         spec = self._svc.read_spec(request, context_dir=context_dir)
-        spec = spec.with_base_image(parse_image(plan["base_image"]))  # written by resolve()
+        # the images as resolve() pinned them, in the order of `images()`
+        images = plan.get("images") or [plan["base_image"]]
+        if len(images) != len(spec.images()):
+            raise EnvctlError("the build's spec no longer names the images it was queued with")
+        pinned = dict(zip(spec.images(), images, strict=True))
+        spec = spec.with_images(lambda image: parse_image(pinned[image]))
         if compute_key(spec) != record.key:
             raise EnvctlError(
                 "the server's package sources changed since this build was queued; resolve again"

@@ -157,7 +157,7 @@ class ImageBuilder:
             platform = normalize_platform(spec.platform)
             with self._base_registry(base_image) as base:
                 below = platform_manifest(base, base_image.digest, platform)
-                steps = sum(s.instruction in ("RUN", "COPY", "ADD") for s in spec.docker_steps)
+                steps = sum(s.instruction in ("RUN", "COPY", "ADD") for s in spec.steps())
                 room = MAX_LAYERS - layer_count(below) - steps
                 if room < 2 * envlayers.BUCKETS + 1:
                     raise StepFailed(
@@ -170,7 +170,7 @@ class ImageBuilder:
                 made = self._environment(spec, base_image, folder, budget, on_event)
                 settings = _settings(spec, key, made)
                 sent: list[Layer] = []
-                image_tag = None if spec.docker_steps else key
+                image_tag = None if spec.has_steps else key
                 on_event("push", f"writing {key} to {self._workspace.address}")
                 manifest = assemble(
                     base, base_image.digest, self._workspace, image_tag, made.layers,
@@ -185,7 +185,7 @@ class ImageBuilder:
             )
             dockerfile = None
             digest = manifest.digest
-            if spec.docker_steps:
+            if spec.has_steps:
                 stage, dockerfile = self._steps(spec, key, build_id, folder, manifest, on_log)
                 tag = self._workspace.reference(key) if self._pushes else f"envctl-local/env:{key}"
                 on_event("push", f"pushing {key} to {self._workspace.address}")
@@ -459,12 +459,13 @@ def _sweep(builds: Path, *, older_than: float) -> None:
 def _images_read(spec: EnvironmentSpec) -> list[ImageName]:
     """The images a build reads: its base, and those its steps copy or mount from (a stage
     index, or a name the source policy would refuse, is left to the build to report)."""
-    images = [spec.base_image]
-    for step in spec.docker_steps:
+    images = list(spec.images())
+    stages = spec.stage_names()
+    for step in spec.steps():
         if step.instruction == "ONBUILD":
             continue  # runs where the image is used as a base, not here
         for _, value in step.image_flags():
-            if value.isdigit() or "$" in value:
+            if value.isdigit() or "$" in value or value.lower() in stages:
                 continue
             with contextlib.suppress(InvalidReference):
                 images.append(parse_image(value))
@@ -478,6 +479,8 @@ def _steps_context(spec: EnvironmentSpec, stage: str, target: Path, build_id: st
         copy_context(spec.context, target)
     name = f".dockerfile.envctl-{build_id}"
     lines = [f"FROM {stage}", *(step.dockerfile_line() for step in spec.docker_steps)]
+    if spec.stages:  # every stage as written, the environment's starting from `stage`
+        lines = [line for each in spec.stages for line in each.dockerfile_lines(stage)]
     (target / name).write_text("\n".join(lines) + "\n")
     ignore = target / ".dockerignore"
     # as the Docker CLI does for a Dockerfile from outside the context: list it in .dockerignore

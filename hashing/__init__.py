@@ -1,7 +1,7 @@
 """Environment specs and their content keys: parse, normalize, canonicalize, hash. Pure."""
 
 from hashing.conda import CondaEnvironment
-from hashing.dockersteps import DockerStep, ParsedDockerfile, parse_dockerfile, parse_steps
+from hashing.dockersteps import DockerStep, parse_steps
 from hashing.errors import EnvctlError, SpecError
 from hashing.imageref import (
     ImageName,
@@ -22,6 +22,7 @@ from hashing.spec import (
     parse_conda_text,
     parse_spec_text,
 )
+from hashing.stages import ParsedDockerfile, Stage, parse_dockerfile
 
 __all__ = [
     "SCHEME",
@@ -39,6 +40,7 @@ __all__ = [
     "SpecDraft",
     "SpecError",
     "SpecFormat",
+    "Stage",
     "canonical_inputs",
     "canonical_json",
     "complete_spec",

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from json import dumps as json_dumps
 from typing import Any
 
 from hashing import goparse
 from hashing.errors import SpecError
-from hashing.imageref import ImageName, InvalidReference, normalize_platform, parse_image
 
 MAX_STEPS = 1000  # instructions in one spec's docker steps or Dockerfile
 MAX_LINE = 1 << 16  # bytes: the Go parser's line buffer (a longer line reads as no line at all)
@@ -107,23 +106,12 @@ class DockerStep:
         )
 
 
-@dataclass(frozen=True)
-class ParsedDockerfile:
-    """A single-stage Dockerfile split the way envctl uses it: base image, platform, steps."""
-
-    base_image: ImageName
-    platform: str | None
-    steps: tuple[DockerStep, ...]
-    source: str = ""
-    from_line: int | None = None
-
-
 def parse_steps(text: str, source: str, *, first_line: int = 1) -> tuple[DockerStep, ...]:
     """Parse Dockerfile instructions that run on top of a base image (no FROM allowed).
 
     `first_line` is the line of `text`'s first line in `source`, so errors point into the file.
     """
-    steps = _parse(text, source, first_line)
+    steps = parse_instructions(text, source, first_line)
     for step in steps:
         if step.instruction == "FROM":
             raise SpecError(
@@ -134,112 +122,9 @@ def parse_steps(text: str, source: str, *, first_line: int = 1) -> tuple[DockerS
     return steps
 
 
-def parse_dockerfile(text: str, source: str) -> ParsedDockerfile:
-    """Split a single-stage Dockerfile into its base image and the steps after FROM."""
-    commands = _parse(text, source, 1)
-    froms = [i for i, c in enumerate(commands) if c.instruction == "FROM"]
-    if not froms:
-        raise SpecError("the Dockerfile has no FROM instruction", source=source)
-    if len(froms) > 1:
-        raise SpecError(
-            "multi-stage Dockerfiles are not supported: envctl installs the environment on top "
-            "of a single base image",
-            source=source,
-            line=commands[froms[1]].line,
-        )
-    for before in commands[: froms[0]]:
-        if before.instruction != "ARG":
-            raise SpecError(f"{before.instruction} before FROM", source=source, line=before.line)
-    frm = commands[froms[0]]
-    if "$" in " ".join(frm.args + frm.flags):
-        # as Docker does: the ARGs before the first FROM, with their defaults, expand in FROM
-        meta = _meta_args(commands[: froms[0]], source)
-        frm = replace(
-            frm,
-            args=tuple(_expand(a, meta, source, frm.line) for a in frm.args),
-            flags=tuple(_expand(f, meta, source, frm.line) for f in frm.flags),
-        )
-    if len(frm.args) not in (1, 3) or (len(frm.args) == 3 and frm.args[1].upper() != "AS"):
-        raise SpecError("FROM takes IMAGE [AS NAME]", source=source, line=frm.line)
-    platform = None
-    for flag in frm.flags:
-        name, _, value = flag.partition("=")
-        if name != "--platform":
-            raise SpecError(f"unsupported FROM flag {name}", source=source, line=frm.line)
-        try:
-            platform = normalize_platform(value)
-        except InvalidReference as exc:
-            raise SpecError(str(exc), source=source, line=frm.line, field="FROM") from None
-    try:
-        base = parse_image(frm.args[0])
-    except InvalidReference as exc:
-        raise SpecError(str(exc), source=source, line=frm.line, field="FROM") from None
-    defaults = _global_arg_defaults(commands[: froms[0]])
-    steps = tuple(_inherit_defaults(step, defaults) for step in commands[froms[0] + 1 :])
-    return ParsedDockerfile(base, platform, steps, source, frm.line)
-
-
-_VARIABLE = re.compile(r"\$(?:\{(?P<braced>\w+)(?::(?P<op>[-+])(?P<word>[^}]*))?\}|(?P<bare>\w+))")
-
-
-def _meta_args(before_from: tuple[DockerStep, ...], source: str) -> dict[str, str | None]:
-    """The build arguments declared before the first FROM, by name: each default (expanded
-    with those declared before it, as Docker reads them), or None for one without."""
-    meta: dict[str, str | None] = {}
-    for step in before_from:
-        for arg in step.args:
-            name, eq, value = arg.partition("=")
-            meta[name] = _expand(value, meta, source, step.line) if eq else None
-    return meta
-
-
-def _expand(text: str, meta: dict[str, str | None], source: str, line: int) -> str:
-    """`text` with `$NAME`, `${NAME}`, `${NAME:-word}` and `${NAME:+word}` replaced from
-    `meta`; SpecError for a name without a value (envctl passes no --build-arg)."""
-
-    def value(match: re.Match[str]) -> str:
-        name = match.group("braced") or match.group("bare")
-        found = meta.get(name)
-        if match.group("op") == "-":
-            return found if found else match.group("word")
-        if match.group("op") == "+":
-            return match.group("word") if found else ""
-        if found is None:
-            why = "is not declared before FROM" if name not in meta else "has no default"
-            raise SpecError(
-                f"FROM uses the build argument {name}, which {why}; envctl passes no "
-                "--build-arg, so give it a default or write the image out",
-                source=source,
-                line=line,
-            )
-        return found
-
-    return _VARIABLE.sub(value, text)
-
-
-def _global_arg_defaults(before_from: tuple[DockerStep, ...]) -> dict[str, str]:
-    """`ARG NAME=value` before FROM: defaults that an `ARG NAME` in the stage inherits."""
-    defaults = {}
-    for step in before_from:
-        for arg in step.args:
-            name, eq, value = arg.partition("=")
-            if eq:
-                defaults[name] = value
-    return defaults
-
-
-def _inherit_defaults(step: DockerStep, defaults: dict[str, str]) -> DockerStep:
-    """Write a global ARG's default into the stage's bare `ARG NAME`, as Docker applies it,
-    so the key (and the Dockerfile envctl writes, which has no FROM of its own) carries it."""
-    if step.instruction != "ARG" or not defaults:
-        return step
-    args = tuple(
-        f"{arg}={defaults[arg]}" if "=" not in arg and arg in defaults else arg for arg in step.args
-    )
-    return step if args == step.args else replace(step, args=args)
-
-
-def _parse(text: str, source: str, first_line: int) -> tuple[DockerStep, ...]:
+def parse_instructions(text: str, source: str, first_line: int) -> tuple[DockerStep, ...]:
+    """Every instruction of `text`, FROM included, read by Docker's parser; `first_line` is
+    where `text` starts in `source`."""
     lines = text.splitlines()
     if not any(line.strip() and not line.lstrip().startswith("#") for line in lines):
         return ()  # blank, or every step commented out: no steps (the parser calls it an error)
@@ -281,15 +166,16 @@ def _parse(text: str, source: str, first_line: int) -> tuple[DockerStep, ...]:
             raise SpecError(f"unknown instruction {cmd.cmd!r}", source=source, line=line)
         if not cmd.value:
             raise SpecError(f"{instruction} needs arguments", source=source, line=line)
-        if instruction == "ONBUILD" and (
-            _ONBUILD_SUB_FLAGS.match(cmd.original) or "<<" in cmd.original
-        ):
-            # Docker's parser drops an ONBUILD sub-instruction's flags and heredoc bodies, so two
-            # different triggers would read as one: refuse rather than risk one key for both
-            raise SpecError(
-                "ONBUILD with --flags or a heredoc is not supported", source=source, line=line
-            )
-        if not all(flag.isascii() for flag in cmd.flags):
+        flags = tuple(cmd.flags)
+        if instruction == "ONBUILD" and "<<" in cmd.original:
+            # Docker's parser drops an ONBUILD trigger's heredoc bodies, so two different
+            # triggers would read as one: refuse rather than risk one key for both
+            raise SpecError("ONBUILD with a heredoc is not supported", source=source, line=line)
+        if instruction == "ONBUILD" and _ONBUILD_SUB_FLAGS.match(cmd.original):
+            # nor does it keep the trigger's own flags (Docker stores the trigger's text): read
+            # the trigger alone, so its flags are keyed and policed like any step's
+            flags = _trigger(cmd.original, source, line).flags
+        if not all(flag.isascii() for flag in flags):
             raise SpecError("an instruction's --flags must be ASCII", source=source, line=line)
         args = tuple(cmd.value)
         if instruction == "HEALTHCHECK":  # Docker reads its CMD/NONE word in any case
@@ -297,7 +183,7 @@ def _parse(text: str, source: str, first_line: int) -> tuple[DockerStep, ...]:
         steps.append(
             DockerStep(
                 instruction=instruction,
-                flags=tuple(cmd.flags),
+                flags=flags,
                 json=bool(cmd.json),
                 args=args,
                 sub_instruction=cmd.sub_cmd.upper() if cmd.sub_cmd else None,
@@ -308,6 +194,15 @@ def _parse(text: str, source: str, first_line: int) -> tuple[DockerStep, ...]:
             )
         )
     return tuple(steps)
+
+
+def _trigger(original: str, source: str, line: int) -> DockerStep:
+    """An ONBUILD's trigger, read as the instruction it is."""
+    text = re.sub(r"(?is)^\s*onbuild\s+", "", original, count=1)
+    (step,) = parse_instructions(text, source, line)
+    if step.instruction in ("ONBUILD", "FROM", "MAINTAINER"):
+        raise SpecError(f"ONBUILD {step.instruction} is not allowed", source=source, line=line)
+    return step
 
 
 def _error_line(text: str, message: str) -> int | None:
@@ -347,9 +242,10 @@ _SENTINEL = "USER envctl-sentinel"
 
 def _renderings(step: DockerStep) -> Iterator[str]:
     """Texts written from the parsed form only, preferred first."""
-    head = " ".join([step.instruction, *map(_flag, step.flags)])
-    if step.sub_instruction is not None:
-        head += f" {step.sub_instruction}"  # the sub-instruction's own flags are not kept
+    if step.sub_instruction is not None:  # ONBUILD: the flags are its trigger's
+        head = " ".join([step.instruction, step.sub_instruction, *map(_flag, step.flags)])
+    else:
+        head = " ".join([step.instruction, *map(_flag, step.flags)])
     kind = step.sub_instruction or step.instruction
     yield f"{head} {_arguments(kind, step.json, step.args)}" + "".join(
         f"\n{body}{name}" for name, body in step.heredocs
@@ -378,7 +274,7 @@ def _flag(flag: str) -> str:
 
 def _reads_back(text: str, step: DockerStep) -> bool:
     try:
-        parsed = _parse(f"{text}\n{_SENTINEL}", "<rendered>", 1)
+        parsed = parse_instructions(f"{text}\n{_SENTINEL}", "<rendered>", 1)
     except (SpecError, UnicodeDecodeError):
         # the parser splits flags byte by byte; a non-ASCII flag can leave invalid UTF-8
         return False

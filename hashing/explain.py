@@ -9,6 +9,7 @@ from typing import Any
 from hashing.dockersteps import DockerStep
 from hashing.key import canonical_inputs
 from hashing.spec import EnvironmentSpec
+from hashing.stages import Stage
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ def _canonical(inputs: dict[str, Any], name: str) -> Any:
     """The canonical value of one input (`conda.pip` is inside `conda`)."""
     if name.startswith("conda."):
         return (inputs["conda"] or {}).get(name.split(".", 1)[1])
+    if name == "docker_steps":  # a multi-stage spec's steps are its stages'
+        return [inputs["docker_steps"], inputs.get("stages")]
     return inputs[name]
 
 
@@ -86,11 +89,19 @@ def _lines(spec: EnvironmentSpec, name: str, inputs: dict[str, Any]) -> list[str
     if name == "variables":
         return [f"{k}={v}" for k, v in spec.variables]
     if name == "docker_steps":
-        return [_step_text(step) for step in spec.docker_steps]
+        lines = [_step_text(step) for step in spec.docker_steps]
+        for stage in spec.stages:
+            lines += [_stage_text(stage), *(_step_text(step) for step in stage.steps)]
+        return lines
     entries = spec.context.entries if spec.context is not None else ()
     return [
         f"{e.path}  {e.kind} {e.mode:04o}" + (f" {e.digest}" if e.digest else "") for e in entries
     ]
+
+
+def _stage_text(stage: Stage) -> str:
+    start = "base_image + environment" if stage.is_environment else stage.parent or stage.image
+    return f"FROM {start}" + (f" AS {stage.name}" if stage.name else "")
 
 
 def _step_text(step: DockerStep) -> str:

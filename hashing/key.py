@@ -29,8 +29,9 @@ _KEY = re.compile(r"^[0-9a-f]{32}$")
 
 
 def canonical_inputs(spec: EnvironmentSpec) -> dict[str, Any]:
-    """Every input that decides the image, normalized, as JSON-ready values."""
-    return {
+    """Every input that decides the image, normalized, as JSON-ready values. A multi-stage
+    spec adds `stages`; a spec without them has no such key, so its key is as it always was."""
+    inputs: dict[str, Any] = {
         "base_image": spec.base_image.canonical(),
         "platform": spec.platform,
         "docker_steps": [step.canonical() for step in spec.docker_steps],
@@ -40,6 +41,9 @@ def canonical_inputs(spec: EnvironmentSpec) -> dict[str, Any]:
         if spec.context is None
         else [entry.canonical() for entry in spec.context.entries],
     }
+    if spec.stages:
+        inputs["stages"] = [stage.canonical() for stage in spec.stages]
+    return inputs
 
 
 def canonical_json(spec: EnvironmentSpec) -> str:

@@ -11,6 +11,7 @@ file, reads the clock or the environment.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -22,7 +23,7 @@ from hashing.conda import (
     parse_conda,
     pip_option_flag,
 )
-from hashing.dockersteps import DockerStep, ParsedDockerfile, parse_steps
+from hashing.dockersteps import DockerStep
 from hashing.errors import SpecError
 from hashing.imageref import (
     DEFAULT_PLATFORM,
@@ -31,6 +32,7 @@ from hashing.imageref import (
     normalize_platform,
     parse_image,
 )
+from hashing.stages import ParsedDockerfile, Stage, parse_docker_steps
 from hashing.validate import VariableName, VariableValue, validate
 from hashing.yamldoc import Path, YamlDocument, load_yaml
 
@@ -75,10 +77,44 @@ class EnvironmentSpec:
     base_origin: tuple[str | None, int | None, str] = field(
         default=(None, None, "base_image"), compare=False
     )
+    # a multi-stage Dockerfile's stages, in order, the environment's among them; its steps are
+    # that stage's, and `docker_steps` is then empty
+    stages: tuple[Stage, ...] = ()
 
     def with_base_image(self, image: ImageName) -> EnvironmentSpec:
         """This spec on another base image (typically the same one, pinned to its digest)."""
         return replace(self, base_image=image)
+
+    def images(self) -> tuple[ImageName, ...]:
+        """The images the spec starts from: its base, then each stage's that names one."""
+        return (self.base_image, *(s.image for s in self.stages if s.image is not None))
+
+    def with_images(self, pin: Callable[[ImageName], ImageName]) -> EnvironmentSpec:
+        """This spec with `pin` applied to each of `images()` (typically: pinned to digests)."""
+        stages = tuple(
+            s if s.image is None else replace(s, image=pin(s.image)) for s in self.stages
+        )
+        return replace(self, base_image=pin(self.base_image), stages=stages)
+
+    @property
+    def pinned(self) -> bool:
+        """True when every image the spec starts from is named by digest."""
+        return all(image.pinned for image in self.images())
+
+    def steps(self) -> Iterator[DockerStep]:
+        """Every docker step, of every stage."""
+        yield from self.docker_steps
+        for stage in self.stages:
+            yield from stage.steps
+
+    def stage_names(self) -> frozenset[str]:
+        """The stages' `AS` names: a step's `--from` that names one reads no image."""
+        return frozenset(s.name for s in self.stages if s.name is not None)
+
+    @property
+    def has_steps(self) -> bool:
+        """True when an engine must run docker steps (or build stages) on the environment."""
+        return bool(self.docker_steps or self.stages)
 
     def with_package_sources(
         self,
@@ -137,6 +173,7 @@ class SpecDraft:
     platform: str = DEFAULT_PLATFORM
     variables: tuple[tuple[str, str], ...] = ()
     docker_steps: tuple[DockerStep, ...] = ()
+    stages: tuple[Stage, ...] = ()
     conda: CondaEnvironment | None = None
     conda_file: FileRef | None = None
     context: FileRef | None = None
@@ -230,12 +267,12 @@ def complete_spec(
     base = draft.base_image
     origin: tuple[str | None, int | None, str] = (draft.source, draft.base_line, draft.base_field)
     platform = draft.platform
-    steps = draft.docker_steps
-    if dockerfile is not None:
+    steps, stages = draft.docker_steps, draft.stages
+    if dockerfile is not None:  # Azure ML's build: its Dockerfile makes the image
         base = dockerfile.base_image
         origin = (dockerfile.source, dockerfile.from_line, "FROM")
         platform = dockerfile.platform or platform
-        steps = dockerfile.steps + steps
+        steps, stages = dockerfile.steps, dockerfile.stages
     if base is None:
         base, origin = default_base, (draft.source, None, "base_image")
     if base is None:
@@ -259,15 +296,17 @@ def complete_spec(
         context=context,
         source=draft.source,
         base_origin=origin,
+        stages=stages,
     )
 
 
 def _envctl_draft(doc: YamlDocument) -> SpecDraft:
     model = validate(doc, _EnvctlFile)
     steps: tuple[DockerStep, ...] = ()
+    stages: tuple[Stage, ...] = ()
     if model.docker_steps is not None:
         first = doc.block_starts.get(("docker_steps",)) or doc.line_of(("docker_steps",)) or 1
-        steps = parse_steps(model.docker_steps, doc.source, first_line=first)
+        steps, stages = parse_docker_steps(model.docker_steps, doc.source, first_line=first)
     conda = conda_file = None
     platform = _platform(doc, ("platform",), model.platform)
     if isinstance(model.conda, dict):
@@ -286,6 +325,7 @@ def _envctl_draft(doc: YamlDocument) -> SpecDraft:
         platform=platform,
         variables=tuple(sorted(variables.items())),
         docker_steps=steps,
+        stages=stages,
         conda=conda,
         conda_file=conda_file,
         context=None if model.context is None else _ref(doc, ("context",), model.context),

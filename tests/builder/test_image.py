@@ -247,3 +247,52 @@ def test_a_dockerfile_whose_from_is_a_build_argument_builds_as_docker_reads_it(
     image = f"{built['image'].rsplit(':', 1)[0]}@{built['digest']}"
     out = docker(services, "run", "--rm", "--network", "none", image, "cat", "/args")
     assert out == "global stage\n"
+
+
+def test_a_multi_stage_dockerfile_builds_with_the_environment_under_its_last_stage(
+    cli: CliRunner, services: Services, tmp_path: Path
+) -> None:
+    """An Azure ML build context of three stages: a named one and an unnamed one on busybox,
+    copied from by name and by index, and the last on the Debian base, where the conda
+    environment goes; the stages' own FROMs are keyed and built by digest."""
+    (tmp_path / "ctx").mkdir()
+    (tmp_path / "ctx" / "Dockerfile").write_text(
+        f"ARG TOOLS={services.busybox_image}\n"
+        "FROM $TOOLS AS tools\nRUN echo made-by-tools > /made\n"
+        f"FROM {services.busybox_image}\nRUN echo made-by-stage-1 > /one\n"
+        f"FROM {services.base_image}\nCOPY --from=tools /made /made\nCOPY --from=1 /one /one\n"
+        "RUN cat /made /one > /both\n"
+    )
+    (tmp_path / "conda.yml").write_text("dependencies: [envctl-greet, envctl-hello >=2]\n")
+    spec = tmp_path / "env.yml"
+    spec.write_text("name: stages\nbuild:\n  path: ctx\nconda_file: conda.yml\n")
+    built = _resolve(cli, spec)
+    image = f"{built['image'].rsplit(':', 1)[0]}@{built['digest']}"
+    out = docker(services, "run", "--rm", "--network", "none", image, "sh", "-c",
+                 "cat /both; envctl-greet")  # fmt: skip
+    lines = out.splitlines()
+    assert lines[:2] == ["made-by-tools", "made-by-stage-1"]
+    assert "hello from envctl-hello 2.0" in lines  # the environment is under the last stage
+    explained = cli.invoke(app, ["explain", str(spec)])
+    assert explained.exit_code == 0, explained.stderr
+    assert "AS tools" in explained.stdout
+    assert "@sha256:" in explained.stdout.split("AS tools")[0].rsplit("FROM", 1)[1]
+
+
+def test_envctl_steps_with_a_stage_and_a_last_stage_from_the_environments(
+    cli: CliRunner, services: Services, tmp_path: Path
+) -> None:
+    """envctl's own format: an earlier stage, the environment's opened by `FROM base_image`,
+    and the last stage built FROM that one (the conda-store shape)."""
+    steps = (
+        f"FROM {services.busybox_image} AS tools\nRUN echo tool > /tool\n"
+        "FROM base_image AS env\nRUN envctl-greet > /greeting\n"
+        "FROM env AS final\nCOPY --from=tools /tool /tool\n"
+    )
+    built = _resolve(cli, _spec(tmp_path, "{dependencies: [envctl-greet, envctl-hello >=2]}",
+                                steps=steps))  # fmt: skip
+    image = f"{built['image'].rsplit(':', 1)[0]}@{built['digest']}"
+    out = docker(services, "run", "--rm", "--network", "none", image, "cat", "/greeting", "/tool")
+    lines = out.splitlines()
+    assert "hello from envctl-hello 2.0" in lines  # envctl-greet ran in the environment's stage
+    assert lines[-1] == "tool"

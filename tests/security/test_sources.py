@@ -76,6 +76,7 @@ def test_another_workspaces_image_as_base_image_is_refused(
         "COPY --from={image} /secret /stolen",
         "ADD --from={image} /secret /stolen",
         "RUN --mount=type=bind,from={image},target=/v cat /v/secret",
+        "ONBUILD COPY --from={image} /secret /stolen",  # the trigger's flags are read too
     ],
 )
 def test_another_workspaces_image_in_a_step_is_refused(
@@ -85,6 +86,33 @@ def test_another_workspaces_image_in_a_step_is_refused(
     spec = _steps(services, "RUN true", step.format(image=stolen))
     answer = _post(server, attacker, f"/v1/workspaces/{attacker.name}/resolve", spec)
     _refused(answer, 4, "from")
+
+
+@pytest.mark.parametrize("route", ["resolve", "hash"])
+def test_another_workspaces_image_as_a_stage_is_refused(
+    two: tuple[Deployment, EnvctlServer, Tenant, Tenant, str], services: Services, route: str
+) -> None:
+    """An earlier stage's FROM is an image the build reads, as the base is: refused before
+    its tag is pinned, and its name in a later --from is a stage, not an image."""
+    _, server, _, attacker, stolen = two
+    spec = _steps(services, f"FROM {stolen} AS loot", "FROM base_image",
+                  "COPY --from=loot /secret /stolen")  # fmt: skip
+    path = "/v1/hash" if route == "hash" else f"/v1/workspaces/{attacker.name}/resolve"
+    error = _refused(_post(server, attacker, path, spec), 3, "FROM")
+    assert "may read" in error["message"], error
+
+
+def test_a_buildkit_step_is_refused_before_a_build_starts(
+    two: tuple[Deployment, EnvctlServer, Tenant, Tenant, str], services: Services
+) -> None:
+    """The classic builder cannot build `RUN --mount`: said at once with its line, not by the
+    engine once a build has run; keying it still works."""
+    _, server, _, attacker, _ = two
+    spec = _steps(services, "RUN true", "RUN --mount=type=cache,target=/c echo hi")
+    error = _refused(_post(server, attacker, f"/v1/workspaces/{attacker.name}/resolve", spec),
+                     4, "RUN")  # fmt: skip
+    assert "RUN --mount is a BuildKit feature" in error["message"], error
+    assert _post(server, attacker, "/v1/hash", spec).status_code == 200
 
 
 def test_a_registry_the_operator_did_not_allow_is_refused_before_it_is_asked(
