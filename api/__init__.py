@@ -1,1 +1,1 @@
-"""The ways into envctl: the `envctl` CLI (and, later, the HTTP API and its client)."""
+"""The HTTP API (FastAPI): the app, its request and answer models, and token authentication."""

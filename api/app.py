@@ -9,7 +9,7 @@
 
 Every route but the last three needs a bearer token; a token reaches its own workspace only
 (an admin token reaches all, and `_global`: the global registry). Another workspace's build
-is answered 404, exactly as a build that does not exist. Errors: `api.errors.http_status`.
+is answered 404, exactly as a build that does not exist. Errors: `service.errors.http_status`.
 """
 
 from __future__ import annotations
@@ -29,25 +29,18 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import (
-    BodyTooLarge,
-    NotFound,
-    QueueFull,
-    Unauthorized,
-    http_status,
-    kind_of,
-    public_message,
-)
-from api.metrics import ServiceMetrics
 from api.models import BuildView, ErrorView, HashView, ImageView, LogEventView
-from api.records import GLOBAL_WORKSPACE, BuildRecord, LogLine, Token
-from api.request import ResolveRequest
-from api.service import EnvironmentService, run_blocking
-from api.settings import Settings
-from api.store import BuildStore
 from api.tokens import TokenCache
+from client.errors import BodyTooLarge, NotFound, QueueFull, Unauthorized
 from hashing import EnvctlError, SpecError, canonical_inputs, compute_key
 from hashing.errors import Kind
+from service.errors import http_status, kind_of, public_message
+from service.metrics import ServiceMetrics
+from service.records import GLOBAL_WORKSPACE, BuildRecord, LogLine, Token
+from service.service import EnvironmentService, run_blocking
+from service.settings import Settings
+from service.store import BuildStore
+from specio.request import ResolveRequest
 
 log = logging.getLogger("envctl.api")
 

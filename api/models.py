@@ -1,4 +1,4 @@
-"""The HTTP API's answers (the request is `api.request.ResolveRequest`): one pydantic model
+"""The HTTP API's answers (the request is `specio.request.ResolveRequest`): one pydantic model
 each, shared by the server, which publishes them in its OpenAPI schema, and the client."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from api.errors import failure_kind
-from api.records import BuildRecord, BuildStatus
 from hashing.errors import Kind
+from service.errors import failure_kind
+from service.records import BuildRecord, BuildStatus
 
 
 class _Answer(BaseModel):

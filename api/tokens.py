@@ -8,8 +8,8 @@ import time
 from collections.abc import Callable
 from functools import partial
 
-from api.records import Token
-from api.service import run_blocking
+from service.records import Token
+from service.service import run_blocking
 
 TOKEN_CACHE_SIZE = 10_000
 

@@ -28,7 +28,6 @@ from builder import envlayers, pip
 from builder.archive import export_archive, import_archive
 from builder.assemble import ImageSettings, assemble, layer_count, platform_manifest
 from builder.conda import CondaLock, solve
-from builder.context import copy_context
 from builder.docker import DockerBuilder
 from builder.envlayers import (
     ASK_PYTHON,
@@ -63,6 +62,7 @@ from registry.base import ImageRef, Manifest
 from registry.metadata import EnvMetadata
 from registry.oci import OciRegistry
 from registry.store import StoreRegistry
+from specio.context import copy_context
 
 VERSION = "0.1.0"
 _CHUNK = 1 << 20
@@ -79,7 +79,7 @@ class BuildConfig:
     # its own, the global registry's and the operator's allowed ones
     pull_registries: tuple[str, ...] | None = None
     # credentials the engine pulls with from these hosts, in place of the Docker config's: a
-    # workspace's own for its registry (api.store.workspace_credentials)
+    # workspace's own for its registry (service.store.workspace_credentials)
     pull_credentials: Mapping[str, Credentials] = field(default_factory=dict)
     # raises unless the workspace may read an image with exactly those credentials: the engine
     # serves an image any earlier build pulled without asking the registry again, so a build

@@ -4,7 +4,7 @@
     └── SpecError               an environment definition is invalid: names file, line and field
 
 Each error class carries one `Kind`; everything a caller sees is derived from it by one table
-(`api.errors.OUTCOMES`): the HTTP status, the error body's `kind`, the CLI's exit code, whether
+(`service.errors.OUTCOMES`): the HTTP status, the error body's `kind`, the CLI's exit code, whether
 a client or the builder tries again, and what a failed build records. A SpecError is always
 the user's to fix: invalid, so the CLI exits 2 and the API answers 422.
 """

@@ -28,10 +28,10 @@ import docker
 import docker.errors
 from docker.models.containers import Container
 
-from api.client import EnvctlClient
 from api.models import ImageView, LogEventView
-from api.request import request_from_file
+from client.http import EnvctlClient
 from hashing import EnvctlError
+from specio.request import request_from_file
 
 RUNNER_FAILED = 125  # as `docker run` exits for its own errors
 

@@ -39,7 +39,7 @@ from psycopg import sql
 from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
-from api import cli
+from cli import main as cli
 from tests.conftest import Services
 
 ENVCTL = str(Path(sys.executable).parent / "envctl")

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from api.records import Token
-from api.store import BuildStore
 from api.tokens import TokenCache
+from service.records import Token
+from service.store import BuildStore
 
 WAIT = 60  # seconds a test waits for the other side before it fails
 

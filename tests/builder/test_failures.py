@@ -17,7 +17,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api.specfiles import load_spec
 from builder.docker import DockerBuilder
 from builder.pipeline import BuildConfig, ImageBuilder
 from builder.resolve import Resolver, RetryPolicy
@@ -25,13 +24,14 @@ from hashing import EnvctlError, EnvironmentSpec, compute_key
 from registry import DigestResolver
 from registry.errors import RegistryUnavailable
 from registry.oci import OciRegistry
+from specio.files import load_spec
 from tests.builder.engines import ThrowawayEngine, throwaway_engine
 from tests.conftest import Services, docker
 from tests.registry.servers import free_port
 from tests.streams import Lines
 
 ENVCTL = str(Path(sys.executable).parent / "envctl")
-EXIT_UNAVAILABLE = 3  # api.cli: a required service unreachable
+EXIT_UNAVAILABLE = 3  # cli.main: a required service unreachable
 STEP_RUNNING = "step running"  # what the step prints; its Dockerfile line does not contain it
 
 
@@ -135,7 +135,7 @@ def test_a_registry_gone_at_push_leaves_no_tag_and_the_next_resolve_builds(
     engine = DockerBuilder(
         base_url=services.docker_host, timeout=120, memory=None, cpus=None, network="none"
     )
-    # wired as api.cli's _Context.images(), with one attempt: the failure itself is the subject
+    # wired as cli.main's _Context.images(), with one attempt: the failure itself is the subject
     builder = ImageBuilder(workspace, engine, BuildConfig(home))
     resolver = Resolver(workspace, builder, state=home, retry=RetryPolicy(attempts=1))
     stages: list[str] = []

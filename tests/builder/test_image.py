@@ -14,9 +14,9 @@ import pytest
 import rattler
 from typer.testing import CliRunner
 
-from api.cli import app
 from builder import envlayers, pipeline
 from builder.envlayers import ENV_PREFIX
+from cli.main import app
 from hashing import EnvKey, parse_image
 from registry.oci import OciRegistry
 from tests.builder.conftest import fixture_wheels

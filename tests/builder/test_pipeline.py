@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from api.cli import app
-from api.local import LocalEnvironments
-from api.request import request_from_file
-from api.settings import Settings
 from builder.envlayers import ENV_PREFIX
 from builder.pipeline import _sweep
+from cli.local import LocalEnvironments
+from cli.main import app
 from hashing import EnvKey
 from registry.oci import OciRegistry
+from service.settings import Settings
+from specio.request import request_from_file
 from tests.conftest import FIXTURES, Services, docker
 
 ENVCTL = str(Path(sys.executable).parent / "envctl")

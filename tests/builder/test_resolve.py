@@ -2,7 +2,7 @@
 
 The builder here is a stand-in that writes a small image through the registry's primitives, so
 these tests run in milliseconds; the real builder (conda, Docker engine, push) is exercised end
-to end in tests/builder/test_pipeline.py and tests/api/test_cli_build.py.
+to end in tests/builder/test_pipeline.py and tests/cli/test_cli.py.
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from api.specfiles import load_spec
 from hashing import SCHEME, canonical_json, complete_spec, compute_key, is_key, parse_spec_text
 from hashing.imageref import parse_image
+from specio.files import load_spec
 from tests.conftest import FIXTURES, copy_with_fixed_modes
 
 GOLDEN = FIXTURES / "golden"

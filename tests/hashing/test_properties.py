@@ -20,7 +20,6 @@ from typing import Any
 from hypothesis import assume, given, note, settings
 from hypothesis import strategies as st
 
-from api.specfiles import load_spec
 from hashing import (
     EnvKey,
     canonical_json,
@@ -32,6 +31,7 @@ from hashing import (
     parse_spec_text,
     parse_steps,
 )
+from specio.files import load_spec
 from tests.hashing.specgen import (
     OFFICIAL,
     PLATFORMS,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from api.service import WORKSPACE_THREADS
+from service.service import WORKSPACE_THREADS
 from tests.api.server import Deployment, Tenant, until
 from tests.conftest import Services
 

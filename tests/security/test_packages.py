@@ -17,8 +17,8 @@ import pytest
 from rattler.index import index_fs
 from typer.testing import CliRunner
 
-from api.cli import app
 from builder.envlayers import ENV_PREFIX
+from cli.main import app
 from registry.oci import OciRegistry
 from tests.conftest import Services
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from api.store import BuildStore
+from service.store import BuildStore
 from tests.api.server import Deployment, build_outcome, tenant_client
 from tests.conftest import Services
 

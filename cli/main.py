@@ -1,0 +1,410 @@
+"""The `envctl` command line.
+
+Exit codes, derived from each error's kind by one table (`service.errors.OUTCOMES`) whether the
+command ran here or through a server:
+    0 ok · 1 operation failed · 2 invalid input or usage · 3 a required service unreachable
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from api.models import BuildView, ImageView
+from cli import admin, views
+from cli.local import LocalEnvironments
+from cli.prewarm import prewarm, summary
+from client.errors import EXIT_FAILED, EXIT_INVALID, EXIT_OK, EXIT_UNAVAILABLE, NotFound
+from client.http import EnvctlClient, failure
+from hashing import (
+    EnvctlError,
+    EnvironmentSpec,
+    EnvKey,
+    ImageName,
+    SpecError,
+    SpecFormat,
+    compute_key,
+    is_key,
+    parse_image_at,
+)
+from registry import DigestResolver
+from registry.base import ImageRef
+from registry.metadata import EnvMetadata
+from service.errors import exit_code, kind_of, public_message
+from service.records import GLOBAL_WORKSPACE, Workspace
+from service.settings import Settings
+from specio.files import load_spec
+from specio.request import ResolveRequest, request_from_file
+
+__all__ = ["EXIT_FAILED", "EXIT_INVALID", "EXIT_OK", "EXIT_UNAVAILABLE", "app", "exit_code", "main"]
+
+app = typer.Typer(
+    name="envctl",
+    help="Build environment images exactly once, keyed by their content.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
+NoResolveOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-resolve", help="Hash a base image tag as written (the key is then unpinned)."
+    ),
+]
+BaseImageOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--base-image",
+        help="Base image for specs that name none (conda files). Default: $ENVCTL_BASE_IMAGE.",
+    ),
+]
+FormatOpt = Annotated[
+    str | None,
+    typer.Option("--format", help="Spec format: envctl, conda or azureml (default: detected)."),
+]
+
+
+@dataclass
+class _Context:
+    settings: Settings
+    resolver: DigestResolver
+    closers: list[Callable[[], None]] = field(default_factory=list)
+    _environments: EnvctlClient | LocalEnvironments | None = None
+
+    def environments(self) -> EnvctlClient | LocalEnvironments:
+        """The service: the server at ENVCTL_URL, or an embedded one in this process."""
+        if self._environments is None:
+            s = self.settings
+            if s.server_url:
+                self._environments = EnvctlClient(s.server_url, s.token, workspace=s.workspace)
+            else:
+                self._environments = LocalEnvironments(s)
+            self.closers.append(self._environments.close)
+        return self._environments
+
+    def close(self) -> None:
+        """Close every connection this invocation opened."""
+        for close in self.closers:
+            close()
+
+
+def _context(ctx: typer.Context) -> _Context:
+    obj = ctx.find_root().obj
+    assert isinstance(obj, _Context)
+    return obj
+
+
+@app.callback()
+def _root(ctx: typer.Context) -> None:
+    if ctx.obj is None:  # tests may pass their own
+        try:
+            settings = Settings.from_env(os.environ)
+        except EnvctlError as exc:
+            raise typer.Exit(_fail(exc)) from None
+        resolver = DigestResolver(
+            insecure=settings.insecure_registries, timeout=settings.registry_timeout
+        )
+        c = _Context(settings, resolver, closers=[resolver.close])
+        ctx.call_on_close(c.close)
+        ctx.obj = c
+
+
+def _keyed(
+    c: _Context, path: str, *, resolve: bool, base_image: str | None, fmt: str | None
+) -> tuple[EnvironmentSpec, EnvKey]:
+    """Load a spec, pin its base image (unless told not to) and compute its key."""
+    spec = load_spec(path, format=_format(fmt), default_base=_default_base(c, base_image))
+    s = c.settings
+    spec = spec.with_package_sources(
+        channels=s.channels, pip_index_url=s.pip_index_url, pip_find_links=s.pip_find_links
+    )
+    if resolve:
+        spec = spec.with_images(c.resolver.resolve)
+    return spec, compute_key(spec)
+
+
+def _hash(
+    c: _Context, path: str, *, resolve: bool, base_image: str | None, fmt: str | None
+) -> tuple[str, bool]:
+    """A spec's key and whether it is pinned: the server's (its package sources are part of
+    the key) when there is one, else computed here."""
+    if c.settings.server_url and resolve:
+        answer = c.environments().hash(_request(c, path, base_image, fmt))
+        return answer.key, answer.pinned
+    spec, key = _keyed(c, path, resolve=resolve, base_image=base_image, fmt=fmt)
+    return key, spec.pinned
+
+
+def _default_base(c: _Context, flag: str | None) -> ImageName | None:
+    text = flag or c.settings.default_base_image
+    if text is None:
+        return None
+    return parse_image_at(text, "--base-image" if flag else "ENVCTL_BASE_IMAGE")
+
+
+def _format(text: str | None) -> SpecFormat | None:
+    if text is None or text in ("envctl", "conda", "azureml"):
+        return text  # type: ignore[return-value]
+    raise SpecError(f"unknown format {text!r}: use envctl, conda or azureml", source="--format")
+
+
+def _fail(exc: BaseException) -> int:
+    err.print(f"[red]error:[/red] {escape(public_message(exc))}")
+    return exit_code(exc)
+
+
+@app.command("hash")
+def hash_command(
+    ctx: typer.Context,
+    specs: Annotated[list[str], typer.Argument(help="Spec files.", metavar="SPEC")],
+    as_json: JsonOpt = False,
+    no_resolve: NoResolveOpt = False,
+    base_image: BaseImageOpt = None,
+    fmt: FormatOpt = None,
+) -> None:
+    """Print the content key of each spec: `KEY  PATH`, one line per spec."""
+    c = _context(ctx)
+    code = EXIT_OK
+    results: list[dict[str, Any]] = []
+    for path in specs:
+        try:
+            key, pinned = _hash(c, path, resolve=not no_resolve, base_image=base_image, fmt=fmt)
+        except EnvctlError as exc:
+            failed = _fail(exc)  # every failure is printed; the first sets the exit code
+            code = code or failed
+            continue
+        results.append({"spec": path, "key": key, "pinned": pinned})
+        if not as_json:
+            out.print(f"{key}  {escape(path)}", markup=True)
+            if not pinned:
+                err.print(f"note: {escape(path)}: key is unpinned (base image tag not resolved)")
+    if as_json:
+        print(json.dumps(results, indent=2 if sys.stdout.isatty() else None))
+    raise typer.Exit(code)
+
+
+@app.command("explain")
+def explain_command(
+    ctx: typer.Context,
+    spec: Annotated[str, typer.Argument(help="Spec file.")],
+    other: Annotated[str | None, typer.Argument(help="A second spec to compare with.")] = None,
+    as_json: JsonOpt = False,
+    no_resolve: NoResolveOpt = False,
+    base_image: BaseImageOpt = None,
+    fmt: FormatOpt = None,
+) -> None:
+    """Show the canonical inputs behind a key; with OTHER, exactly which inputs differ."""
+    c = _context(ctx)
+    try:
+        left, left_key = _keyed(c, spec, resolve=not no_resolve, base_image=base_image, fmt=fmt)
+        right = right_key = None
+        if other is not None:
+            right, right_key = _keyed(
+                c, other, resolve=not no_resolve, base_image=base_image, fmt=fmt
+            )
+    except EnvctlError as exc:
+        raise typer.Exit(_fail(exc)) from None
+    if right is None:
+        views.explain_one(out, spec, left, left_key, as_json)
+    else:
+        assert right_key is not None
+        assert other is not None
+        views.explain_two(out, (spec, left, left_key), (other, right, right_key), as_json)
+
+
+@app.command("resolve")
+def resolve_command(
+    ctx: typer.Context,
+    spec: Annotated[str, typer.Argument(help="Spec file.")],
+    as_json: JsonOpt = False,
+    no_build: Annotated[
+        bool, typer.Option("--no-build", help="Only look the image up; a miss exits 1.")
+    ] = False,
+    force_rebuild: Annotated[
+        bool,
+        typer.Option("--force-rebuild", help="Build even on a hit or a remembered failure."),
+    ] = False,
+    base_image: BaseImageOpt = None,
+    fmt: FormatOpt = None,
+) -> None:
+    """The environment's image: from the workspace registry, else the global one (copied into
+    the workspace), else built once. Prints the image reference; progress goes to stderr."""
+    c = _context(ctx)
+    try:
+        request = _request(c, spec, base_image, fmt)
+        envs = c.environments()
+        if no_build:
+            answer = envs.resolve(request, build=False, force_rebuild=force_rebuild)
+            assert isinstance(answer, ImageView)
+            image = answer
+        else:
+            with views.LiveProgress(err, spec) as progress:
+                image = envs.resolve_image(request, force_rebuild=force_rebuild, on_log=progress)
+    except NotFound as exc:
+        err.print(f"not found: {escape(exc.message)}")
+        raise typer.Exit(EXIT_FAILED) from None
+    except EnvctlError as exc:
+        raise typer.Exit(_fail(exc)) from None
+    if as_json:
+        print(image.model_dump_json(exclude_none=True))
+    else:
+        out.print(escape(image.image))
+        built = f" (build {image.build_id})" if image.build_id else ""
+        err.print(f"{image.source}{built}: {image.digest}")
+
+
+def _request(c: _Context, path: str, base_image: str | None, fmt: str | None) -> ResolveRequest:
+    """A spec file and the files it names, as the service takes them."""
+    default = base_image or c.settings.default_base_image
+    if default is not None:
+        _default_base(c, base_image)  # a malformed --base-image is the flag's error
+    return request_from_file(path, format=_format(fmt), base_image=default)
+
+
+@app.command("logs")
+def logs_command(
+    ctx: typer.Context,
+    build_id: Annotated[str, typer.Argument(help="The build's id (from resolve or prewarm).")],
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Stream the log until the build is over.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print a build's log (so far, or live with --follow), then its status; exit 1 if it
+    failed."""
+    c = _context(ctx)
+    end: BuildView | None = None
+    try:
+        for item in c.environments().logs(build_id, follow=follow):
+            if isinstance(item, BuildView):
+                end = item
+            elif as_json:
+                print(item.model_dump_json())
+            else:
+                views.progress(out, item.stage, item.text)
+    except EnvctlError as exc:
+        raise typer.Exit(_fail(exc)) from None
+    assert end is not None
+    if as_json:
+        print(end.model_dump_json(exclude_none=True))
+    else:
+        views.build_status(err, end)
+    raise typer.Exit(exit_code(failure(end)) if end.status == "failed" else EXIT_OK)
+
+
+@app.command("prewarm")
+def prewarm_command(
+    ctx: typer.Context,
+    specs: Annotated[list[str], typer.Argument(help="Spec files.", metavar="SPEC")],
+    concurrency: Annotated[int, typer.Option(help="Specs resolved at the same time.", min=1)] = 4,
+    to_global: Annotated[
+        bool,
+        typer.Option("--global", help="Build into the global registry (needs its credentials)."),
+    ] = False,
+    as_json: JsonOpt = False,
+    base_image: BaseImageOpt = None,
+    fmt: FormatOpt = None,
+) -> None:
+    """Resolve many specs at once (hit, promote or build), then print a summary; exit 1 if
+    any failed. CI runs it so that images exist before a job waits for them."""
+    c = _context(ctx)
+    try:
+        envs = _prewarm_target(c, to_global)
+    except EnvctlError as exc:
+        raise typer.Exit(_fail(exc)) from None
+    ctx.call_on_close(envs.close)
+
+    def resolve_one(path: str) -> ImageRef:
+        view = envs.resolve_image(
+            _request(c, path, base_image, fmt),
+            on_log=lambda event: views.prewarm_progress(err, path, event.stage, event.text),
+        )
+        return ImageRef(EnvKey(view.key), view.image, view.digest, view.source, view.build_id)
+
+    outcomes = prewarm(specs, resolve_one, concurrency=concurrency)
+    if as_json:
+        print(
+            json.dumps([o.as_json() for o in outcomes], indent=2 if sys.stdout.isatty() else None)
+        )
+    else:
+        # CI logs are no terminal: rich would fold the table into 80 columns
+        wide = out if out.is_terminal else Console(file=sys.stdout, width=200, highlight=False)
+        wide.print(summary(outcomes))
+    raise typer.Exit(EXIT_FAILED if any(o.error is not None for o in outcomes) else EXIT_OK)
+
+
+def _prewarm_target(c: _Context, to_global: bool) -> EnvctlClient | LocalEnvironments:
+    """Where prewarm builds: the workspace, or with --global the global registry (through a
+    server, an admin token's; embedded, the global registry's credentials)."""
+    s = c.settings
+    if not to_global:
+        return c.environments()
+    if s.server_url:
+        return EnvctlClient(s.server_url, s.token, workspace=GLOBAL_WORKSPACE)
+    if not s.global_registry:
+        raise SpecError("--global needs ENVCTL_GLOBAL_REGISTRY", source="--global")
+    target = Workspace(GLOBAL_WORKSPACE, s.global_registry, datetime.now(UTC))
+    return LocalEnvironments(s, workspace=target)
+
+
+@app.command("inspect")
+def inspect_command(
+    ctx: typer.Context,
+    target: Annotated[str, typer.Argument(help="A key, or a spec file.", metavar="KEY|SPEC")],
+    as_json: JsonOpt = False,
+    base_image: BaseImageOpt = None,
+    fmt: FormatOpt = None,
+) -> None:
+    """Show what is stored with an environment's image: spec, lock, Dockerfile, log, facts."""
+    c = _context(ctx)
+    try:
+        envs = c.environments()
+        key = target
+        if not is_key(target) or Path(target).exists():
+            key = envs.hash(_request(c, target, base_image, fmt)).key
+        metadata = EnvMetadata.from_json(envs.environment(key))
+    except NotFound:
+        err.print(f"not found: no metadata for {key}")
+        raise typer.Exit(EXIT_FAILED) from None
+    except EnvctlError as exc:
+        raise typer.Exit(_fail(exc)) from None
+    if as_json:
+        print(json.dumps(metadata.as_json(), indent=2))
+        return
+    views.metadata(out, metadata)
+
+
+admin.register(app)
+
+
+def main() -> None:
+    """Entry point of the `envctl` console script."""
+    try:
+        app()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    except Exception as exc:  # commands that do not catch their own (workspace, token), and
+        if kind_of(exc) is None:  # the database's or the disk's outage anywhere; a bug is a bug
+            raise
+        code = _fail(exc)
+    # Leave without interpreter finalization: py-rattler's runtime threads can still be winding
+    # down after a failed fetch, and finalizing under them aborts the process (exit 134),
+    # hiding envctl's own exit code. Everything envctl opened is closed by now.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
