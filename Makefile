@@ -32,6 +32,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/mypy bench/hash
+	$(BIN)/mypy bench/cli
 	$(BIN)/mypy scripts/build-channel
 	$(BIN)/mypy scripts/bench-data
 	$(BIN)/mypy bench/lookup
@@ -47,6 +48,7 @@ test: lint typecheck pytest
 
 bench: $(STAMP) services
 	@$(SERVICES_ENV) && $(BIN)/python bench/hash
+	@$(SERVICES_ENV) && $(BIN)/python bench/cli
 	@$(SERVICES_ENV) && $(BIN)/python bench/lookup
 	@$(SERVICES_ENV) && $(BIN)/python bench/build
 	@$(SERVICES_ENV) && $(BIN)/python bench/serve

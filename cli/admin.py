@@ -5,34 +5,38 @@ server's host does; runners only ever see the HTTP API.
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
-from client.errors import Conflict
-from hashing import SpecError, goparse
-from registry.auth import Credentials
-from registry.open import open_registry
-from service.records import Workspace
-from service.settings import Settings
-from service.store import BuildStore, WorkspaceExists
+from hashing.errors import SpecError
+
+if TYPE_CHECKING:  # what the commands use is imported when they run: `envctl --help` is fast
+    from rich.console import Console
+
+    from registry.auth import Credentials
+    from service.records import Workspace
+    from service.settings import Settings
+    from service.store import BuildStore
 
 WORKSPACE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 
 workspace_app = typer.Typer(help="Workspaces: tenants with their own registry and tokens.")
 token_app = typer.Typer(help="Bearer tokens of a workspace (or admin tokens).")
-out = Console(highlight=False, soft_wrap=True)
 
 
 def add_workspace(
     store: BuildStore, settings: Settings, name: str, registry: str | None
 ) -> tuple[Workspace, str]:
     """Create a workspace and its first token; returns both (the token's secret only here)."""
+    from client.errors import Conflict
+    from registry.open import open_registry
+    from service.store import WorkspaceExists
+
     if not WORKSPACE_NAME.fullmatch(name):
         raise SpecError(
             f"{name!r}: a workspace name is 1 to 63 lowercase letters, digits and dashes, "
@@ -63,10 +67,25 @@ def register(app: typer.Typer) -> None:
     app.command("serve")(serve_command)
 
 
+@functools.cache
+def _out() -> Console:
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True)
+
+
 def _settings(ctx: typer.Context) -> Settings:
+    from service.settings import Settings
+
     settings = getattr(ctx.find_root().obj, "settings", None)
     assert isinstance(settings, Settings)
     return settings
+
+
+def _store(ctx: typer.Context) -> BuildStore:
+    from service.store import BuildStore
+
+    return BuildStore(_settings(ctx).database)
 
 
 def serve_command(
@@ -81,6 +100,7 @@ def serve_command(
     import uvicorn
 
     from api.app import create_app
+    from hashing import goparse
 
     goparse.isolate()  # a server parses hostile Dockerfiles: never in its own memory
     app = create_app(_settings(ctx))
@@ -109,13 +129,13 @@ def workspace_add(
 ) -> None:
     """Create a workspace and print its first token (shown this once)."""
     settings = _settings(ctx)
-    store = BuildStore(settings.database)
+    store = _store(ctx)
     try:
         workspace, secret = add_workspace(store, settings, name, registry)
     finally:
         store.close()
-    out.print(f"workspace {escape(workspace.name)}: {escape(workspace.registry)}", style="bold")
-    out.print("token (shown once; store it as ENVCTL_TOKEN):")
+    _out().print(f"workspace {escape(workspace.name)}: {escape(workspace.registry)}", style="bold")
+    _out().print("token (shown once; store it as ENVCTL_TOKEN):")
     print(secret)
 
 
@@ -131,7 +151,7 @@ def workspace_login(
     """Give a workspace its own credentials for its registry: its pushes, lookups and the
     engine's pulls from that registry use them, and no other workspace's build does. The
     password is read from standard input, never from the command line."""
-    store = BuildStore(_settings(ctx).database)
+    store = _store(ctx)
     try:
         known = store.get_workspace(name) is not None
     finally:
@@ -145,8 +165,10 @@ def workspace_login(
     password = sys.stdin.readline().rstrip("\r\n")
     if not username or not password:
         raise SpecError("a username and a password, both non-empty", source="--username")
+    from registry.auth import Credentials
+
     _set_credentials(ctx, name, Credentials(username, password))
-    out.print(f"workspace {escape(name)}: credentials of {escape(username)!r} stored")
+    _out().print(f"workspace {escape(name)}: credentials of {escape(username)!r} stored")
 
 
 @workspace_app.command("logout")
@@ -155,11 +177,11 @@ def workspace_logout(
 ) -> None:
     """Take a workspace's own registry credentials away (it uses the service's again)."""
     _set_credentials(ctx, name, None)
-    out.print(f"workspace {escape(name)}: credentials removed")
+    _out().print(f"workspace {escape(name)}: credentials removed")
 
 
 def _set_credentials(ctx: typer.Context, name: str, credentials: Credentials | None) -> None:
-    store = BuildStore(_settings(ctx).database)
+    store = _store(ctx)
     try:
         store.set_credentials(name, credentials)
     except LookupError:
@@ -171,14 +193,16 @@ def _set_credentials(ctx: typer.Context, name: str, credentials: Credentials | N
 @workspace_app.command("list")
 def workspace_list(ctx: typer.Context) -> None:
     """List workspaces and their registries."""
-    store = BuildStore(_settings(ctx).database)
+    store = _store(ctx)
     try:
+        from rich.table import Table
+
         table = Table("workspace", "registry", "created")
         for w in store.list_workspaces():
             table.add_row(escape(w.name), escape(w.registry), w.created_at.isoformat())
     finally:
         store.close()
-    out.print(table)
+    _out().print(table)
 
 
 @token_app.command("add")
@@ -194,7 +218,7 @@ def token_add(
     """Create a token and print it (shown this once)."""
     if (workspace is None) != admin:
         raise SpecError("give a WORKSPACE, or --admin for an admin token", source="token add")
-    store = BuildStore(_settings(ctx).database)
+    store = _store(ctx)
     try:
         if workspace is not None and store.get_workspace(workspace) is None:
             raise SpecError(f"no workspace {workspace!r}", source="WORKSPACE")
@@ -202,7 +226,7 @@ def token_add(
     finally:
         store.close()
     reach = "admin" if admin else f"workspace {workspace}"
-    out.print(f"token {token.id} ({escape(reach)}), shown once:")
+    _out().print(f"token {token.id} ({escape(reach)}), shown once:")
     print(secret)
 
 
@@ -212,8 +236,10 @@ def token_list(
     workspace: Annotated[str | None, typer.Argument(help="Only this workspace's.")] = None,
 ) -> None:
     """List tokens (ids and what they reach, never their secrets)."""
-    store = BuildStore(_settings(ctx).database)
+    store = _store(ctx)
     try:
+        from rich.table import Table
+
         table = Table("token", "reaches", "created", "revoked")
         for t in store.list_tokens(workspace):
             reach = "admin" if t.admin else f"workspace {t.workspace}"
@@ -221,7 +247,7 @@ def token_list(
             table.add_row(t.id, escape(reach), t.created_at.isoformat(), revoked)
     finally:
         store.close()
-    out.print(table)
+    _out().print(table)
 
 
 @token_app.command("revoke")
@@ -230,11 +256,11 @@ def token_revoke(
 ) -> None:
     """Revoke a token by id: servers stop taking it within ENVCTL_TOKEN_TTL (1 s by default),
     and end its open log streams."""
-    store = BuildStore(_settings(ctx).database)
+    store = _store(ctx)
     try:
         revoked = store.revoke_token(token_id)
     finally:
         store.close()
     if not revoked:
         raise SpecError(f"no live token {token_id!r}", source="TOKEN_ID")
-    out.print(f"token {escape(token_id)} revoked")
+    _out().print(f"token {escape(token_id)} revoked")

@@ -1,62 +1,130 @@
 """The `envctl` command line.
 
-Exit codes, derived from each error's kind by one table (`service.errors.OUTCOMES`) whether the
-command ran here or through a server:
+Commands raise; one boundary (`EnvctlGroup.invoke`) turns every error into its message and exit
+code, from the error's kind by one table (`client.errors.OUTCOMES`), whether the command ran here
+or through a server:
     0 ok · 1 operation failed · 2 invalid input or usage · 3 a required service unreachable
+
+What a command needs is imported when it runs, so `envctl --help` loads typer alone and a
+client's commands load nothing of the server (`bench/cli` measures it).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
+from typer.core import TyperGroup
 
-from api.models import BuildView, ImageView
-from cli import admin, views
-from cli.local import LocalEnvironments
-from cli.prewarm import prewarm, summary
-from client.errors import EXIT_FAILED, EXIT_INVALID, EXIT_OK, EXIT_UNAVAILABLE, NotFound
-from client.http import EnvctlClient, failure
-from hashing import (
-    EnvctlError,
-    EnvironmentSpec,
-    EnvKey,
-    ImageName,
-    SpecError,
-    SpecFormat,
-    compute_key,
-    is_key,
-    parse_image_at,
-)
-from registry import DigestResolver
-from registry.base import ImageRef
-from registry.metadata import EnvMetadata
-from service.errors import exit_code, kind_of, public_message
-from service.records import GLOBAL_WORKSPACE, Workspace
-from service.settings import Settings
-from specio.files import load_spec
-from specio.request import ResolveRequest, request_from_file
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from cli.local import LocalEnvironments
+    from client.http import EnvctlClient
+    from hashing import EnvironmentSpec, EnvKey, ImageName, SpecFormat
+    from registry import DigestResolver
+    from service.settings import Settings
+    from specio.request import ResolveRequest
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_UNAVAILABLE = 0, 1, 2, 3  # as client.errors says
+
+
+def exit_code(exc: BaseException) -> int:
+    """The exit code of an error, from its kind; a bug is re-raised."""
+    kind = _kind_of(exc)
+    if kind is None:
+        raise exc
+    from client.errors import OUTCOMES
+
+    return OUTCOMES[kind].exit_code
+
+
+def _kind_of(exc: BaseException) -> Any:
+    """The error's kind: envctl's own say it; the database's and the disk's outages are the
+    service's to classify (absent from a client-only install: then a bug)."""
+    from hashing.errors import EnvctlError
+
+    if isinstance(exc, EnvctlError):
+        return exc.kind
+    try:
+        from service.errors import kind_of
+    except ImportError:  # a client without the server's parts: nothing else is ours
+        return None
+    return kind_of(exc)
+
+
+def _message(exc: BaseException) -> str:
+    from hashing.errors import EnvctlError
+
+    if isinstance(exc, EnvctlError):
+        return str(exc)
+    from service.errors import public_message  # an outage _kind_of knew
+
+    return public_message(exc)
+
+
+def report(exc: BaseException) -> int:
+    """Say what went wrong on stderr, in one line; its exit code."""
+    from rich.markup import escape
+
+    from client.errors import NotFound
+
+    prefix = "not found:" if isinstance(exc, NotFound) else "[red]error:[/red]"
+    _err().print(f"{prefix} {escape(_message(exc))}")
+    return exit_code(exc)
+
+
+class EnvctlGroup(TyperGroup):
+    """The CLI's one error boundary: a command's error becomes its message and exit code."""
+
+    def invoke(self, ctx: Any) -> Any:  # typer's own click Context (vendored, private)
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as exc:
+            if _kind_of(exc) is None:  # a bug is a bug: its traceback, not a message
+                raise
+            raise typer.Exit(report(exc)) from None
+
+
+@functools.cache
+def _out() -> Console:
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True)
+
+
+@functools.cache
+def _err() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
 
 __all__ = ["EXIT_FAILED", "EXIT_INVALID", "EXIT_OK", "EXIT_UNAVAILABLE", "app", "exit_code", "main"]
 
 app = typer.Typer(
+    cls=EnvctlGroup,
     name="envctl",
     help="Build environment images exactly once, keyed by their content.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
 NoResolveOpt = Annotated[
@@ -81,17 +149,34 @@ FormatOpt = Annotated[
 @dataclass
 class _Context:
     settings: Settings
-    resolver: DigestResolver
     closers: list[Callable[[], None]] = field(default_factory=list)
     _environments: EnvctlClient | LocalEnvironments | None = None
+    _resolver: DigestResolver | None = None
+
+    @property
+    def resolver(self) -> DigestResolver:
+        """Base tags to digests, asked of their registries (opened on first use)."""
+        if self._resolver is None:
+            from registry.digests import DigestResolver
+
+            s = self.settings
+            self._resolver = DigestResolver(
+                insecure=s.insecure_registries, timeout=s.registry_timeout
+            )
+            self.closers.append(self._resolver.close)
+        return self._resolver
 
     def environments(self) -> EnvctlClient | LocalEnvironments:
         """The service: the server at ENVCTL_URL, or an embedded one in this process."""
         if self._environments is None:
             s = self.settings
             if s.server_url:
+                from client.http import EnvctlClient
+
                 self._environments = EnvctlClient(s.server_url, s.token, workspace=s.workspace)
             else:
+                from cli.local import LocalEnvironments
+
                 self._environments = LocalEnvironments(s)
             self.closers.append(self._environments.close)
         return self._environments
@@ -111,14 +196,9 @@ def _context(ctx: typer.Context) -> _Context:
 @app.callback()
 def _root(ctx: typer.Context) -> None:
     if ctx.obj is None:  # tests may pass their own
-        try:
-            settings = Settings.from_env(os.environ)
-        except EnvctlError as exc:
-            raise typer.Exit(_fail(exc)) from None
-        resolver = DigestResolver(
-            insecure=settings.insecure_registries, timeout=settings.registry_timeout
-        )
-        c = _Context(settings, resolver, closers=[resolver.close])
+        from service.settings import Settings
+
+        c = _Context(Settings.from_env(os.environ))
         ctx.call_on_close(c.close)
         ctx.obj = c
 
@@ -127,6 +207,9 @@ def _keyed(
     c: _Context, path: str, *, resolve: bool, base_image: str | None, fmt: str | None
 ) -> tuple[EnvironmentSpec, EnvKey]:
     """Load a spec, pin its base image (unless told not to) and compute its key."""
+    from hashing import compute_key
+    from specio.files import load_spec
+
     spec = load_spec(path, format=_format(fmt), default_base=_default_base(c, base_image))
     s = c.settings
     spec = spec.with_package_sources(
@@ -150,6 +233,8 @@ def _hash(
 
 
 def _default_base(c: _Context, flag: str | None) -> ImageName | None:
+    from hashing import parse_image_at
+
     text = flag or c.settings.default_base_image
     if text is None:
         return None
@@ -159,12 +244,9 @@ def _default_base(c: _Context, flag: str | None) -> ImageName | None:
 def _format(text: str | None) -> SpecFormat | None:
     if text is None or text in ("envctl", "conda", "azureml"):
         return text  # type: ignore[return-value]
+    from hashing import SpecError
+
     raise SpecError(f"unknown format {text!r}: use envctl, conda or azureml", source="--format")
-
-
-def _fail(exc: BaseException) -> int:
-    err.print(f"[red]error:[/red] {escape(public_message(exc))}")
-    return exit_code(exc)
 
 
 @app.command("hash")
@@ -177,21 +259,24 @@ def hash_command(
     fmt: FormatOpt = None,
 ) -> None:
     """Print the content key of each spec: `KEY  PATH`, one line per spec."""
+    from hashing import EnvctlError
+
     c = _context(ctx)
     code = EXIT_OK
     results: list[dict[str, Any]] = []
     for path in specs:
         try:
             key, pinned = _hash(c, path, resolve=not no_resolve, base_image=base_image, fmt=fmt)
-        except EnvctlError as exc:
-            failed = _fail(exc)  # every failure is printed; the first sets the exit code
+        except EnvctlError as exc:  # every spec is tried; the first failure sets the exit code
+            failed = report(exc)
             code = code or failed
             continue
         results.append({"spec": path, "key": key, "pinned": pinned})
-        if not as_json:
-            out.print(f"{key}  {escape(path)}", markup=True)
+        if not as_json:  # plain lines, for scripts: no console to load
+            print(f"{key}  {path}")
             if not pinned:
-                err.print(f"note: {escape(path)}: key is unpinned (base image tag not resolved)")
+                note = f"note: {path}: key is unpinned (base image tag not resolved)"
+                print(note, file=sys.stderr)
     if as_json:
         print(json.dumps(results, indent=2 if sys.stdout.isatty() else None))
     raise typer.Exit(code)
@@ -208,22 +293,15 @@ def explain_command(
     fmt: FormatOpt = None,
 ) -> None:
     """Show the canonical inputs behind a key; with OTHER, exactly which inputs differ."""
+    from cli import views
+
     c = _context(ctx)
-    try:
-        left, left_key = _keyed(c, spec, resolve=not no_resolve, base_image=base_image, fmt=fmt)
-        right = right_key = None
-        if other is not None:
-            right, right_key = _keyed(
-                c, other, resolve=not no_resolve, base_image=base_image, fmt=fmt
-            )
-    except EnvctlError as exc:
-        raise typer.Exit(_fail(exc)) from None
-    if right is None:
-        views.explain_one(out, spec, left, left_key, as_json)
-    else:
-        assert right_key is not None
-        assert other is not None
-        views.explain_two(out, (spec, left, left_key), (other, right, right_key), as_json)
+    left, left_key = _keyed(c, spec, resolve=not no_resolve, base_image=base_image, fmt=fmt)
+    if other is None:
+        views.explain_one(_out(), spec, left, left_key, as_json)
+        return
+    right, right_key = _keyed(c, other, resolve=not no_resolve, base_image=base_image, fmt=fmt)
+    views.explain_two(_out(), (spec, left, left_key), (other, right, right_key), as_json)
 
 
 @app.command("resolve")
@@ -243,32 +321,31 @@ def resolve_command(
 ) -> None:
     """The environment's image: from the workspace registry, else the global one (copied into
     the workspace), else built once. Prints the image reference; progress goes to stderr."""
+    from api.models import ImageView
+    from cli import views
+
     c = _context(ctx)
-    try:
-        request = _request(c, spec, base_image, fmt)
-        envs = c.environments()
-        if no_build:
-            answer = envs.resolve(request, build=False, force_rebuild=force_rebuild)
-            assert isinstance(answer, ImageView)
-            image = answer
-        else:
-            with views.LiveProgress(err, spec) as progress:
-                image = envs.resolve_image(request, force_rebuild=force_rebuild, on_log=progress)
-    except NotFound as exc:
-        err.print(f"not found: {escape(exc.message)}")
-        raise typer.Exit(EXIT_FAILED) from None
-    except EnvctlError as exc:
-        raise typer.Exit(_fail(exc)) from None
+    request = _request(c, spec, base_image, fmt)
+    envs = c.environments()
+    if no_build:
+        answer = envs.resolve(request, build=False, force_rebuild=force_rebuild)
+        assert isinstance(answer, ImageView)
+        image = answer
+    else:
+        with views.LiveProgress(_err(), spec) as progress:
+            image = envs.resolve_image(request, force_rebuild=force_rebuild, on_log=progress)
     if as_json:
         print(image.model_dump_json(exclude_none=True))
     else:
-        out.print(escape(image.image))
+        _out().print(_escape(image.image))
         built = f" (build {image.build_id})" if image.build_id else ""
-        err.print(f"{image.source}{built}: {image.digest}")
+        _err().print(f"{image.source}{built}: {image.digest}")
 
 
 def _request(c: _Context, path: str, base_image: str | None, fmt: str | None) -> ResolveRequest:
     """A spec file and the files it names, as the service takes them."""
+    from specio.request import request_from_file
+
     default = base_image or c.settings.default_base_image
     if default is not None:
         _default_base(c, base_image)  # a malformed --base-image is the flag's error
@@ -286,23 +363,24 @@ def logs_command(
 ) -> None:
     """Print a build's log (so far, or live with --follow), then its status; exit 1 if it
     failed."""
+    from api.models import BuildView
+    from cli import views
+    from client.http import failure
+
     c = _context(ctx)
     end: BuildView | None = None
-    try:
-        for item in c.environments().logs(build_id, follow=follow):
-            if isinstance(item, BuildView):
-                end = item
-            elif as_json:
-                print(item.model_dump_json())
-            else:
-                views.progress(out, item.stage, item.text)
-    except EnvctlError as exc:
-        raise typer.Exit(_fail(exc)) from None
+    for item in c.environments().logs(build_id, follow=follow):
+        if isinstance(item, BuildView):
+            end = item
+        elif as_json:
+            print(item.model_dump_json())
+        else:
+            views.progress(_out(), item.stage, item.text)
     assert end is not None
     if as_json:
         print(end.model_dump_json(exclude_none=True))
     else:
-        views.build_status(err, end)
+        views.build_status(_err(), end)
     raise typer.Exit(exit_code(failure(end)) if end.status == "failed" else EXIT_OK)
 
 
@@ -321,17 +399,21 @@ def prewarm_command(
 ) -> None:
     """Resolve many specs at once (hit, promote or build), then print a summary; exit 1 if
     any failed. CI runs it so that images exist before a job waits for them."""
+    from rich.console import Console
+
+    from cli import views
+    from cli.prewarm import prewarm, summary
+    from hashing import EnvKey
+    from registry.base import ImageRef
+
     c = _context(ctx)
-    try:
-        envs = _prewarm_target(c, to_global)
-    except EnvctlError as exc:
-        raise typer.Exit(_fail(exc)) from None
+    envs = _prewarm_target(c, to_global)
     ctx.call_on_close(envs.close)
 
     def resolve_one(path: str) -> ImageRef:
         view = envs.resolve_image(
             _request(c, path, base_image, fmt),
-            on_log=lambda event: views.prewarm_progress(err, path, event.stage, event.text),
+            on_log=lambda event: views.prewarm_progress(_err(), path, event.stage, event.text),
         )
         return ImageRef(EnvKey(view.key), view.image, view.digest, view.source, view.build_id)
 
@@ -342,6 +424,7 @@ def prewarm_command(
         )
     else:
         # CI logs are no terminal: rich would fold the table into 80 columns
+        out = _out()
         wide = out if out.is_terminal else Console(file=sys.stdout, width=200, highlight=False)
         wide.print(summary(outcomes))
     raise typer.Exit(EXIT_FAILED if any(o.error is not None for o in outcomes) else EXIT_OK)
@@ -353,10 +436,21 @@ def _prewarm_target(c: _Context, to_global: bool) -> EnvctlClient | LocalEnviron
     s = c.settings
     if not to_global:
         return c.environments()
+    from service.records import GLOBAL_WORKSPACE
+
     if s.server_url:
+        from client.http import EnvctlClient
+
         return EnvctlClient(s.server_url, s.token, workspace=GLOBAL_WORKSPACE)
     if not s.global_registry:
+        from hashing import SpecError
+
         raise SpecError("--global needs ENVCTL_GLOBAL_REGISTRY", source="--global")
+    from datetime import UTC, datetime
+
+    from cli.local import LocalEnvironments
+    from service.records import Workspace
+
     target = Workspace(GLOBAL_WORKSPACE, s.global_registry, datetime.now(UTC))
     return LocalEnvironments(s, workspace=target)
 
@@ -370,25 +464,33 @@ def inspect_command(
     fmt: FormatOpt = None,
 ) -> None:
     """Show what is stored with an environment's image: spec, lock, Dockerfile, log, facts."""
+    from cli import views
+    from client.errors import NotFound
+    from hashing import is_key
+    from registry.metadata import EnvMetadata
+
     c = _context(ctx)
+    envs = c.environments()
+    key = target
+    if not is_key(target) or Path(target).exists():
+        key = envs.hash(_request(c, target, base_image, fmt)).key
     try:
-        envs = c.environments()
-        key = target
-        if not is_key(target) or Path(target).exists():
-            key = envs.hash(_request(c, target, base_image, fmt)).key
         metadata = EnvMetadata.from_json(envs.environment(key))
     except NotFound:
-        err.print(f"not found: no metadata for {key}")
-        raise typer.Exit(EXIT_FAILED) from None
-    except EnvctlError as exc:
-        raise typer.Exit(_fail(exc)) from None
+        raise NotFound(f"no metadata for {key}") from None
     if as_json:
         print(json.dumps(metadata.as_json(), indent=2))
         return
-    views.metadata(out, metadata)
+    views.metadata(_out(), metadata)
 
 
-admin.register(app)
+def _register_admin() -> None:
+    from cli import admin
+
+    admin.register(app)
+
+
+_register_admin()
 
 
 def main() -> None:
@@ -398,10 +500,6 @@ def main() -> None:
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
-    except Exception as exc:  # commands that do not catch their own (workspace, token), and
-        if kind_of(exc) is None:  # the database's or the disk's outage anywhere; a bug is a bug
-            raise
-        code = _fail(exc)
     # Leave without interpreter finalization: py-rattler's runtime threads can still be winding
     # down after a failed fetch, and finalizing under them aborts the process (exit 134),
     # hiding envctl's own exit code. Everything envctl opened is closed by now.

@@ -54,14 +54,16 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from hashing import SpecError
 from hashing.validate import validate
 from hashing.yamldoc import load_yaml
-from registry.auth import Credentials
+
+if TYPE_CHECKING:
+    from registry.auth import Credentials
 
 # Each build step's limits unless the operator says otherwise: enough for a compile-heavy pip or
 # conda step, and a bound on what one tenant's step takes from the engine's host.
@@ -210,6 +212,8 @@ def _credentials(env: Mapping[str, str], prefix: str) -> Credentials | None:
     username = env.get(f"{prefix}_USERNAME")
     password = env.get(f"{prefix}_PASSWORD")
     if username and password is not None:
+        from registry.auth import Credentials  # with httpx: only when credentials are set
+
         return Credentials(username, password)
     return None
 

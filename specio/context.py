@@ -19,8 +19,6 @@ from typing import Protocol, TypeVar
 
 import pathspec
 import xxhash
-from docker.utils import fnmatch as docker_fnmatch
-from docker.utils.build import Pattern
 
 from hashing import ContextEntry, ContextManifest, SpecError
 
@@ -115,6 +113,10 @@ class DockerIgnore:
     """
 
     def __init__(self, lines: list[str]) -> None:
+        # docker-py's, imported only for a context that has a .dockerignore (it loads requests)
+        from docker.utils import fnmatch as docker_fnmatch
+        from docker.utils.build import Pattern
+
         patterns = [p for p in (Pattern(line) for line in lines) if p.dirs]
         self._rules = [
             (
