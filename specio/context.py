@@ -158,11 +158,6 @@ class DockerIgnore:
         return any(p.startswith(folder) for p in self._exceptions)
 
 
-def hash_file(path: str | os.PathLike[str]) -> str:
-    """xxh3_128 of a file's bytes."""
-    return FileHasher().hash(path, os.stat(path).st_size)
-
-
 class _Hash(Protocol):
     def update(self, data: bytes | memoryview, /) -> None: ...
     def hexdigest(self) -> str: ...

@@ -6,12 +6,13 @@ import os
 from pathlib import Path
 
 import pytest
+import xxhash
 from docker.utils.build import PatternMatcher
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hashing import SpecError, compute_key
-from specio.context import DockerIgnore, hash_file, scan_context
+from specio.context import DockerIgnore, FileHasher, scan_context
 from specio.files import MAX_TEXT_BYTES, load_spec
 
 
@@ -71,17 +72,15 @@ def test_entries_record_kind_mode_and_content(tmp_path: Path) -> None:
     os.symlink("run.sh", tmp_path / "link")
     entries = {e.path: e for e in scan_context(tmp_path).entries}
     assert (entries["run.sh"].kind, entries["run.sh"].mode) == ("file", 0o755)
-    assert entries["run.sh"].digest == hash_file(tmp_path / "run.sh")
+    assert entries["run.sh"].digest == xxhash.xxh3_128_hexdigest(b"#!/bin/sh\n")
     assert (entries["link"].kind, entries["link"].digest) == ("symlink", "run.sh")
     assert entries["d"].kind == "dir"
 
 
 def test_a_large_file_hashes_across_chunks(tmp_path: Path) -> None:
-    import xxhash
-
     data = os.urandom((1 << 20) * 3 + 17)
     (tmp_path / "big").write_bytes(data)
-    assert hash_file(tmp_path / "big") == xxhash.xxh3_128_hexdigest(data)
+    assert FileHasher().hash(tmp_path / "big", len(data)) == xxhash.xxh3_128_hexdigest(data)
 
 
 def _context_spec(tmp_path: Path) -> Path:
