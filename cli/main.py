@@ -1,8 +1,8 @@
 """The `envctl` command line.
 
-Commands raise; one boundary (`EnvctlGroup.invoke`) turns every error into its message and exit
-code, from the error's kind by one table (`client.errors.OUTCOMES`), whether the command ran here
-or through a server:
+Commands raise; one boundary (`cli.boundary.EnvctlGroup`) turns every error into its message and
+exit code, from the error's kind by one table (`client.errors.OUTCOMES`), whether the command ran
+here or through a server:
     0 ok · 1 operation failed · 2 invalid input or usage · 3 a required service unreachable
 
 What a command needs is imported when it runs, so `envctl --help` loads typer alone and a
@@ -11,7 +11,6 @@ client's commands load nothing of the server (`bench/cli` measures it).
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
@@ -21,98 +20,27 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from typer.core import TyperGroup
+
+from cli.boundary import (
+    EXIT_FAILED,
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    EnvctlGroup,
+    exit_code,
+    report,
+)
+from cli.boundary import err as _err
+from cli.boundary import escape as _escape
+from cli.boundary import out as _out
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
     from cli.local import LocalEnvironments
     from client.http import EnvctlClient
     from hashing import EnvironmentSpec, EnvKey, ImageName, SpecFormat
     from registry import DigestResolver
     from service.settings import Settings
     from specio.request import ResolveRequest
-
-EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_UNAVAILABLE = 0, 1, 2, 3  # as client.errors says
-
-
-def exit_code(exc: BaseException) -> int:
-    """The exit code of an error, from its kind; a bug is re-raised."""
-    kind = _kind_of(exc)
-    if kind is None:
-        raise exc
-    from client.errors import OUTCOMES
-
-    return OUTCOMES[kind].exit_code
-
-
-def _kind_of(exc: BaseException) -> Any:
-    """The error's kind: envctl's own say it; the database's and the disk's outages are the
-    service's to classify (absent from a client-only install: then a bug)."""
-    from hashing.errors import EnvctlError
-
-    if isinstance(exc, EnvctlError):
-        return exc.kind
-    try:
-        from service.errors import kind_of
-    except ImportError:  # a client without the server's parts: nothing else is ours
-        return None
-    return kind_of(exc)
-
-
-def _message(exc: BaseException) -> str:
-    from hashing.errors import EnvctlError
-
-    if isinstance(exc, EnvctlError):
-        return str(exc)
-    from service.errors import public_message  # an outage _kind_of knew
-
-    return public_message(exc)
-
-
-def report(exc: BaseException) -> int:
-    """Say what went wrong on stderr, in one line; its exit code."""
-    from rich.markup import escape
-
-    from client.errors import NotFound
-
-    prefix = "not found:" if isinstance(exc, NotFound) else "[red]error:[/red]"
-    _err().print(f"{prefix} {escape(_message(exc))}")
-    return exit_code(exc)
-
-
-class EnvctlGroup(TyperGroup):
-    """The CLI's one error boundary: a command's error becomes its message and exit code."""
-
-    def invoke(self, ctx: Any) -> Any:  # typer's own click Context (vendored, private)
-        try:
-            return super().invoke(ctx)
-        except (typer.Exit, typer.Abort):
-            raise
-        except Exception as exc:
-            if _kind_of(exc) is None:  # a bug is a bug: its traceback, not a message
-                raise
-            raise typer.Exit(report(exc)) from None
-
-
-@functools.cache
-def _out() -> Console:
-    from rich.console import Console
-
-    return Console(highlight=False, soft_wrap=True)
-
-
-@functools.cache
-def _err() -> Console:
-    from rich.console import Console
-
-    return Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-def _escape(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)
 
 
 __all__ = ["EXIT_FAILED", "EXIT_INVALID", "EXIT_OK", "EXIT_UNAVAILABLE", "app", "exit_code", "main"]
