@@ -1,4 +1,5 @@
-"""`Registry`, implemented once over the primitives of one repository (`ImageStore`).
+"""`Registry`, implemented once over the primitives of one repository (`StoreRegistry`'s abstract
+methods).
 
 Subclasses (`OciRegistry`, `LayoutRegistry`) supply the primitives; lookup with its hit cache,
 metadata artifacts and copying between any two stores live here, so every implementation
