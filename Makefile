@@ -12,7 +12,7 @@ SERVICES_ENV = eval "$$(scripts/services env)"
 $(STAMP): pyproject.toml
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq python3-venv)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[server,dev]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
 # The venv comes first: the conda channel is built with its Python (py-rattler).

@@ -29,9 +29,9 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.models import BuildView, ErrorView, HashView, ImageView, LogEventView
 from api.tokens import TokenCache
 from client.errors import BodyTooLarge, NotFound, QueueFull, Unauthorized
+from client.models import BuildView, ErrorView, HashView, ImageView, LogEventView
 from hashing import EnvctlError, SpecError, canonical_inputs, compute_key
 from hashing.errors import Kind
 from service.errors import http_status, kind_of, public_message
@@ -40,6 +40,7 @@ from service.records import GLOBAL_WORKSPACE, BuildRecord, LogLine, Token
 from service.service import EnvironmentService, run_blocking
 from service.settings import Settings
 from service.store import BuildStore
+from service.views import build_view
 from specio.request import ResolveRequest
 
 log = logging.getLogger("envctl.api")
@@ -236,7 +237,7 @@ async def _build_answer(
     svc: EnvironmentService, record: BuildRecord, *, accepted: bool
 ) -> BuildView | ImageView | JSONResponse:
     position = await run_blocking(svc.position, record)
-    view = BuildView.of(record, position)
+    view = build_view(record, position)
     if not accepted:
         return view
     if record.status == "succeeded":
@@ -250,7 +251,7 @@ async def _events(stream: AsyncIterator[LogLine | BuildRecord]) -> AsyncIterator
             data = LogEventView(seq=item.seq, stage=item.stage, text=item.text, at=item.at)
             yield ServerSentEvent(data=data.model_dump_json(), event="log", id=str(item.seq))
         else:
-            yield ServerSentEvent(data=BuildView.of(item).model_dump_json(), event="end")
+            yield ServerSentEvent(data=build_view(item).model_dump_json(), event="end")
 
 
 def _error_response(exc: Exception) -> JSONResponse:

@@ -17,14 +17,15 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from api.models import BuildView, HashView, ImageView, LogEventView
 from client.errors import NotFound
 from client.http import OnLog, image_after
+from client.models import BuildView, HashView, ImageView, LogEventView
 from hashing import canonical_inputs, compute_key
 from service.records import BuildRecord, LogLine, Workspace
 from service.service import EnvironmentService, ServiceLimits
 from service.settings import Settings
 from service.store import BuildStore
+from service.views import build_view
 from specio.request import ResolveRequest
 
 
@@ -84,13 +85,13 @@ class LocalEnvironments:
         if resolved.build is None:
             raise NotFound(f"no image for {resolved.key} in any registry")
         record = self._wait(resolved.build, wait)
-        view = BuildView.of(record, self._service.position(record))
+        view = build_view(record, self._service.position(record))
         return view.image_view() if record.status == "succeeded" else view
 
     def build(self, build_id: str, *, wait: float = 0) -> BuildView:
         """A build's status (waiting up to `wait` seconds for its end)."""
         record = self._wait(self._service.build(self.workspace, build_id), wait)
-        return BuildView.of(record, self._service.position(record))
+        return build_view(record, self._service.position(record))
 
     def _wait(self, record: BuildRecord, wait: float) -> BuildRecord:
         """The build after up to `wait` seconds, run here whenever it is queued."""
@@ -137,10 +138,10 @@ class LocalEnvironments:
             self._run_if_queued(record)
             if record.done:
                 yield from (_view(line) for line in service.store.read_log(build_id, after))
-                yield BuildView.of(record)
+                yield build_view(record)
                 return
             if not follow or (deadline is not None and time.monotonic() > deadline):
-                yield BuildView.of(record, service.position(record))
+                yield build_view(record, service.position(record))
                 return
             if not lines:
                 hub.wait_change(build_id, after, service.limits.poll_seconds)

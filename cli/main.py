@@ -249,8 +249,8 @@ def resolve_command(
 ) -> None:
     """The environment's image: from the workspace registry, else the global one (copied into
     the workspace), else built once. Prints the image reference; progress goes to stderr."""
-    from api.models import ImageView
     from cli import views
+    from client.models import ImageView
 
     c = _context(ctx)
     request = _request(c, spec, base_image, fmt)
@@ -291,9 +291,9 @@ def logs_command(
 ) -> None:
     """Print a build's log (so far, or live with --follow), then its status; exit 1 if it
     failed."""
-    from api.models import BuildView
     from cli import views
     from client.http import failure
+    from client.models import BuildView
 
     c = _context(ctx)
     end: BuildView | None = None

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.status import Status
 
-from api.models import BuildView, LogEventView
+from client.models import BuildView, LogEventView
 from hashing import EnvironmentSpec, EnvKey, canonical_inputs
 from hashing.explain import describe, diff
 from registry.metadata import EnvMetadata

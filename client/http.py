@@ -22,7 +22,6 @@ from typing import Any
 import httpx
 from httpx_sse import ServerSentEvent, aconnect_sse, connect_sse
 
-from api.models import BuildView, HashView, ImageView, LogEventView
 from client.errors import (
     BodyTooLarge,
     BuildFailed,
@@ -32,6 +31,7 @@ from client.errors import (
     ServiceUnavailable,
     Unauthorized,
 )
+from client.models import BuildView, HashView, ImageView, LogEventView
 from hashing import SpecError
 from hashing.errors import Kind
 from specio.request import ResolveRequest

@@ -11,6 +11,7 @@ Normalization merges what conda and pip read the same way and nothing else:
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,8 +20,6 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, Specifier
 from packaging.utils import canonicalize_name
 from pydantic import BaseModel, ConfigDict, Field
-from rattler import MatchSpec
-from rattler.exceptions import InvalidMatchSpecError
 
 from hashing.validate import VariableName, VariableValue, validate
 from hashing.yamldoc import Path, YamlDocument, format_path
@@ -88,13 +87,24 @@ class CondaEnvironment:
         }
 
 
+@functools.cache
+def _rattler() -> tuple[Any, type[Exception]]:
+    """rattler's match-spec parser, loaded on first use: a client that only reads a spec to
+    send it (`specio.request`, gathering) never normalizes one, and installs no rattler."""
+    from rattler import MatchSpec
+    from rattler.exceptions import InvalidMatchSpecError
+
+    return MatchSpec, InvalidMatchSpecError
+
+
 def normalize_match_spec(text: str) -> str:
     """Re-write one conda match spec in rattler's canonical form; ValueError when invalid."""
     if not text.strip():
         raise ValueError("empty match spec")
+    match_spec, invalid = _rattler()
     try:
-        return str(MatchSpec(text.strip()))
-    except InvalidMatchSpecError as exc:
+        return str(match_spec(text.strip()))
+    except invalid as exc:
         raise ValueError(f"invalid conda match spec {text!r}: {str(exc).splitlines()[0]}") from exc
 
 

@@ -16,8 +16,6 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from typing import NamedTuple
 
-import dockerfile
-
 RECYCLE_BYTES = 64 << 20  # text parsed by one child before it is replaced (it keeps ~8x)
 PARSE_SECONDS = 20.0  # a parse of the largest accepted spec takes well under a second
 
@@ -66,6 +64,8 @@ def isolate() -> None:
 
 
 def _parse_here(text: str) -> tuple[Command, ...]:
+    import dockerfile  # loaded when a step is first parsed: a client gathering files never is
+
     try:
         commands = dockerfile.parse_string(text)
     except dockerfile.GoParseError as exc:

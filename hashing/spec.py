@@ -248,6 +248,45 @@ def parse_spec_text(text: str, source: str, *, format: SpecFormat | None = None)
     return SpecDraft("conda", source, None, variables=tuple(sorted(variables.items())), conda=conda)
 
 
+@dataclass(frozen=True)
+class NamedFiles:
+    """The files a spec names: its conda file, its build context, the Dockerfile in that."""
+
+    conda_file: FileRef | None = None
+    context: FileRef | None = None
+    dockerfile: FileRef | None = None
+
+
+def named_files(text: str, source: str, *, format: SpecFormat | None = None) -> NamedFiles:
+    """The files a spec names, read without parsing what it says of packages, steps or images
+    (no conda or Docker parser is loaded): what a client gathers to send with it, leaving the
+    checks to the server."""
+    doc = load_yaml(text, source)
+    fmt = format or detect_format(doc)
+    if fmt == "envctl":
+        return _envctl_files(doc, validate(doc, _EnvctlFile))
+    if fmt == "azureml":
+        return _azureml_files(doc, validate(doc, _AzureMLEnvironment))
+    return NamedFiles()
+
+
+def _envctl_files(doc: YamlDocument, model: _EnvctlFile) -> NamedFiles:
+    conda = _ref(doc, ("conda",), model.conda) if isinstance(model.conda, str) else None
+    context = None if model.context is None else _ref(doc, ("context",), model.context)
+    return NamedFiles(conda, context)
+
+
+def _azureml_files(doc: YamlDocument, model: _AzureMLEnvironment) -> NamedFiles:
+    conda = None
+    if isinstance(model.conda_file, str):
+        conda = _ref(doc, ("conda_file",), model.conda_file)
+    if model.build is None:
+        return NamedFiles(conda)
+    context = _ref(doc, ("build", "path"), model.build.path)
+    dockerfile = _ref(doc, ("build", "dockerfile_path"), model.build.dockerfile_path)
+    return NamedFiles(conda, context, dockerfile)
+
+
 def parse_conda_text(
     text: str, source: str, *, platform: str = DEFAULT_PLATFORM
 ) -> tuple[CondaEnvironment, dict[str, str]]:
@@ -307,16 +346,13 @@ def _envctl_draft(doc: YamlDocument) -> SpecDraft:
     if model.docker_steps is not None:
         first = doc.block_starts.get(("docker_steps",)) or doc.line_of(("docker_steps",)) or 1
         steps, stages = parse_docker_steps(model.docker_steps, doc.source, first_line=first)
-    conda = conda_file = None
+    conda = None
     platform = _platform(doc, ("platform",), model.platform)
+    variables = model.variables
     if isinstance(model.conda, dict):
-        env, conda_vars = parse_conda(doc, ("conda",), platform=platform)
-        conda = env
+        conda, conda_vars = parse_conda(doc, ("conda",), platform=platform)
         variables = _merge(doc, model.variables, conda_vars)
-    else:
-        variables = model.variables
-        if model.conda is not None:
-            conda_file = _ref(doc, ("conda",), model.conda)
+    files = _envctl_files(doc, model)
     return SpecDraft(
         "envctl",
         doc.source,
@@ -327,8 +363,8 @@ def _envctl_draft(doc: YamlDocument) -> SpecDraft:
         docker_steps=steps,
         stages=stages,
         conda=conda,
-        conda_file=conda_file,
-        context=None if model.context is None else _ref(doc, ("context",), model.context),
+        conda_file=files.conda_file,
+        context=files.context,
     )
 
 
@@ -337,16 +373,11 @@ def _azureml_draft(doc: YamlDocument) -> SpecDraft:
     if (model.image is None) == (model.build is None):
         raise doc.error((), "an Azure ML environment needs exactly one of image and build")
     platform = f"{(model.os_type or 'linux').lower()}/amd64"
-    conda = conda_file = None
+    conda = None
     variables: dict[str, str] = {}
     if isinstance(model.conda_file, dict):
         conda, variables = parse_conda(doc, ("conda_file",), platform=platform)
-    elif model.conda_file is not None:
-        conda_file = _ref(doc, ("conda_file",), model.conda_file)
-    context = dockerfile = None
-    if model.build is not None:
-        context = _ref(doc, ("build", "path"), model.build.path)
-        dockerfile = _ref(doc, ("build", "dockerfile_path"), model.build.dockerfile_path)
+    files = _azureml_files(doc, model)
     return SpecDraft(
         "azureml",
         doc.source,
@@ -356,9 +387,9 @@ def _azureml_draft(doc: YamlDocument) -> SpecDraft:
         platform=platform,
         variables=tuple(sorted(variables.items())),
         conda=conda,
-        conda_file=conda_file,
-        context=context,
-        dockerfile=dockerfile,
+        conda_file=files.conda_file,
+        context=files.context,
+        dockerfile=files.dockerfile,
     )
 
 

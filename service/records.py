@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
-BuildStatus = Literal["queued", "running", "succeeded", "failed"]
+from client.models import BuildStatus as BuildStatus  # the wire's: kept as the API says it
+
 ACTIVE: tuple[BuildStatus, ...] = ("queued", "running")
 GLOBAL_WORKSPACE = "_global"
 """The builds an admin token prewarms into the global registry are recorded under this name,

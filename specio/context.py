@@ -114,8 +114,15 @@ class DockerIgnore:
 
     def __init__(self, lines: list[str]) -> None:
         # docker-py's, imported only for a context that has a .dockerignore (it loads requests)
-        from docker.utils import fnmatch as docker_fnmatch
-        from docker.utils.build import Pattern
+        try:
+            from docker.utils import fnmatch as docker_fnmatch
+            from docker.utils.build import Pattern
+        except ImportError:  # a client installed alone: the rules are docker-py's to apply
+            raise SpecError(
+                "the build context has a .dockerignore, which envctl reads with docker-py: "
+                "install it beside the client (pip install docker)",
+                source=".dockerignore",
+            ) from None
 
         patterns = [p for p in (Pattern(line) for line in lines) if p.dirs]
         self._rules = [

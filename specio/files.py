@@ -38,6 +38,7 @@ from hashing import (
     parse_dockerfile,
     parse_spec_text,
 )
+from hashing.spec import named_files
 from specio.context import scan_context
 
 MAX_LINKS = 40  # symlinks followed in one path, as Linux's MAXSYMLINKS
@@ -105,6 +106,20 @@ def read_spec_parts(files: SpecFiles, *, format: SpecFormat | None = None) -> Sp
         # last: listing (or, for a request, writing) a context is the expensive step
         context = files.scan(draft.context)
     return SpecParts(draft, conda, dockerfile, context)
+
+
+def gather_spec_files(files: SpecFiles, *, format: SpecFormat | None = None) -> None:
+    """Read what a spec names from `files`, as `read_spec_parts` does, without parsing any of
+    it (`hashing.spec.named_files`): a client without the parsers gathers a request this way,
+    and the server checks it."""
+    named = named_files(files.spec_text(), files.spec_source, format=format)
+    if named.conda_file is not None:
+        files.read_text(named.conda_file)
+    if named.context is not None:
+        files.check_folder(named.context)
+        if named.dockerfile is not None:
+            files.read_text(named.dockerfile, named.context)
+        files.scan(named.context)
 
 
 def load_spec(

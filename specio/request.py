@@ -51,6 +51,7 @@ from specio.files import (
     KeptFile,
     RecordingFiles,
     end_of_links,
+    gather_spec_files,
     names_folder,
     read_spec_parts,
     relative_path,
@@ -97,9 +98,17 @@ def request_from_file(
 ) -> ResolveRequest:
     """Read a spec file and every file it names (conda file, Dockerfile, the build context as
     `scan_context` lists it) into a request. Raises the SpecErrors `load_spec` raises, and one
-    where the spec names an absolute path (which a request cannot carry)."""
+    where the spec names an absolute path (which a request cannot carry).
+
+    A client installed alone (`pip install envctl`, without the `server` extra) has no conda or
+    Docker parser: it gathers the same files without parsing them, and the server's checks
+    are the ones that answer (with the same file, line and field)."""
     recorder = RecordingFiles(Path(path))
-    read_spec_parts(recorder, format=format)
+    try:
+        read_spec_parts(recorder, format=format)
+    except ImportError:  # the parsers are the server's extra: gather, unparsed, from the start
+        recorder = RecordingFiles(Path(path))
+        gather_spec_files(recorder, format=format)
     return ResolveRequest(
         spec=recorder.text,
         name=recorder.spec_path.name,

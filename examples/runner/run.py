@@ -28,8 +28,8 @@ import docker
 import docker.errors
 from docker.models.containers import Container
 
-from api.models import ImageView, LogEventView
 from client.http import EnvctlClient
+from client.models import ImageView, LogEventView
 from hashing import EnvctlError
 from specio.request import request_from_file
 

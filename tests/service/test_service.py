@@ -24,9 +24,9 @@ import pytest
 from httpx_sse import connect_sse
 
 from api.app import create_app
-from api.models import BuildView, ImageView, LogEventView
 from client.errors import NotFound, Unauthorized
 from client.http import AsyncEnvctlClient, EnvctlClient
+from client.models import BuildView, ImageView, LogEventView
 from registry.oci import OciRegistry
 from service.settings import Settings
 from specio.request import ResolveRequest, request_from_file

@@ -1,5 +1,6 @@
 """The HTTP API's answers (the request is `specio.request.ResolveRequest`): one pydantic model
-each, shared by the server, which publishes them in its OpenAPI schema, and the client."""
+each, shared by the server, which publishes them in its OpenAPI schema, and the client (the
+server makes a BuildView of its record with `service.views.build_view`)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from hashing.errors import Kind
-from service.errors import failure_kind
-from service.records import BuildRecord, BuildStatus
+
+BuildStatus = Literal["queued", "running", "succeeded", "failed"]
 
 
 class _Answer(BaseModel):
@@ -46,33 +47,6 @@ class BuildView(_Answer):
     digest: str | None = None
     source: Literal["workspace", "global", "built"] | None = None
     attempts: int = 0
-
-    @classmethod
-    def of(cls, record: BuildRecord, position: int | None = None) -> BuildView:
-        """The view of a build record."""
-        started, finished = record.started_at, record.finished_at
-        return cls(
-            build_id=record.id,
-            key=record.key,
-            status=record.status,
-            position=position,
-            failure_class=record.failure_class,
-            failure_kind=None if record.status != "failed" else failure_kind(record.failure_class),
-            message=record.message,
-            queued_at=record.queued_at,
-            started_at=started,
-            finished_at=finished,
-            queued_seconds=None
-            if started is None
-            else (started - record.queued_at).total_seconds(),
-            running_seconds=None
-            if started is None or finished is None
-            else (finished - started).total_seconds(),
-            image=record.image,
-            digest=record.digest,
-            source=record.source,  # type: ignore[arg-type]
-            attempts=record.attempts,
-        )
 
     def image_view(self) -> ImageView:
         """The image of a succeeded build, as resolve answers it."""
