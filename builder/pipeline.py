@@ -20,14 +20,14 @@ import functools
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from builder import envlayers, pip
-from builder.archive import export_archive, import_archive
 from builder.assemble import ImageSettings, assemble, layer_count, platform_manifest
 from builder.conda import CondaLock, solve
+from builder.config import BuildConfig
 from builder.docker import DockerBuilder
 from builder.envlayers import (
     ASK_PYTHON,
@@ -48,53 +48,21 @@ from builder.layer import Layer
 from builder.layercache import LayerCache
 from builder.render import image_labels
 from builder.resolve import OnEvent
+from builder.steps import StepRunner, images_read
 from hashing import (
     EnvironmentSpec,
     EnvKey,
     ImageName,
-    InvalidReference,
     canonical_json,
     normalize_platform,
-    parse_image,
 )
-from registry.auth import Credentials
 from registry.base import ImageRef, Manifest
 from registry.metadata import EnvMetadata
 from registry.oci import OciRegistry
 from registry.store import StoreRegistry
-from specio.context import copy_context
 
 VERSION = "0.1.0"
 _CHUNK = 1 << 20
-
-
-@dataclass(frozen=True)
-class BuildConfig:
-    """Where a build keeps its files, and where it finds packages."""
-
-    home: Path
-    credentials: Credentials | None = None
-    # the registry hosts whose credentials the engine may pull with (None: every one the
-    # Docker config holds, as for a user's own CLI); a service gives a workspace's build only
-    # its own, the global registry's and the operator's allowed ones
-    pull_registries: tuple[str, ...] | None = None
-    # credentials the engine pulls with from these hosts, in place of the Docker config's: a
-    # workspace's own for its registry (service.store.workspace_credentials)
-    pull_credentials: Mapping[str, Credentials] = field(default_factory=dict)
-    # raises unless the workspace may read an image with exactly those credentials: the engine
-    # serves an image any earlier build pulled without asking the registry again, so a build
-    # of a shared service proves its access to every image it reads before the engine runs
-    confirm_read: Callable[[ImageName], None] | None = None
-    # hosts spoken to over plain HTTP (loopback ones always are)
-    insecure: tuple[str, ...] = ()
-    # the credentials envctl itself reads a base image with, by host (None: pull_credentials)
-    base_credentials: Callable[[str], Credentials | None] | None = None
-
-    def credentials_for(self, host: str) -> Credentials | None:
-        """What envctl reads images on `host` with: what the engine would pull with."""
-        if self.base_credentials is not None:
-            return self.base_credentials(host)
-        return self.pull_credentials.get(host)
 
 
 @dataclass(frozen=True)
@@ -127,8 +95,7 @@ class ImageBuilder:
         self._engine = engine
         self._config = config
         self._cache = LayerCache(config.home / "layers")
-        # the engine pushes to a registry it can reach; into an OCI layout it saves instead
-        self._pushes = isinstance(workspace, OciRegistry)
+        self._runner = StepRunner(workspace, engine, config)
 
     def build(
         self, spec: EnvironmentSpec, key: EnvKey, build_id: str, on_event: OnEvent
@@ -149,34 +116,9 @@ class ImageBuilder:
         tag: str | None = None
         try:
             if self._config.confirm_read is not None:  # a workspace's build on a shared engine
-                for image in _images_read(spec):
+                for image in images_read(spec):
                     self._config.confirm_read(image)
-            base_image = spec.base_image
-            if base_image.digest is None:
-                raise BuildError(f"the base image {base_image} is not pinned", build_id=build_id)
-            platform = normalize_platform(spec.platform)
-            with self._base_registry(base_image) as base:
-                below = platform_manifest(base, base_image.digest, platform)
-                steps = sum(s.instruction in ("RUN", "COPY", "ADD") for s in spec.steps())
-                room = MAX_LAYERS - layer_count(below) - steps
-                if room < 2 * envlayers.BUCKETS + 1:
-                    raise StepFailed(
-                        f"the base image has {layer_count(below)} layers and the steps make "
-                        f"{steps}: with the environment's, the image would pass {MAX_LAYERS} "
-                        "layers, more than engines run; flatten the base or merge steps",
-                        build_id=build_id,
-                    )
-                budget = min(LAYER_BUDGET, room)
-                made = self._environment(spec, base_image, folder, budget, on_event)
-                settings = _settings(spec, key, made)
-                sent: list[Layer] = []
-                image_tag = None if spec.has_steps else key
-                on_event("push", f"writing {key} to {self._workspace.address}")
-                manifest = assemble(
-                    base, base_image.digest, self._workspace, image_tag, made.layers,
-                    functools.partial(self._read, made), settings, platform,
-                    below=below, on_send=sent.append,
-                )  # fmt: skip
+            made, manifest, sent = self._write(spec, key, build_id, folder, on_event)
             total = sum(layer.size for layer in made.layers)
             on_log(
                 f"envctl: wrote {len(made.layers)} layers ({made.made} made here), sent "
@@ -186,19 +128,11 @@ class ImageBuilder:
             dockerfile = None
             digest = manifest.digest
             if spec.has_steps:
-                stage, dockerfile = self._steps(spec, key, build_id, folder, manifest, on_log)
-                tag = self._workspace.reference(key) if self._pushes else f"envctl-local/env:{key}"
+                stage, dockerfile = self._runner.run(spec, key, build_id, folder, manifest, on_log)
+                tag = self._runner.tag(key)
                 on_event("push", f"pushing {key} to {self._workspace.address}")
-                digest = self._register(tag, key, folder, on_log)
-            found = self._workspace.resolve(key)  # asked, not remembered: it was just written
-            if found is None or found.digest != digest:
-                raise BuildError(
-                    f"the registry holds {found and found.digest} for {key}, not the written "
-                    f"{digest}",
-                    build_id=build_id,
-                )
-            self._workspace.forget(key)  # a --force-rebuild replaces what this process saw
-            hit = ImageRef(key, self._workspace.reference(key), found.digest)
+                digest = self._runner.register(tag, key, folder, on_log)
+            hit = self._confirm(key, digest, build_id)
             facts = {
                 "build_id": build_id,
                 "builder_version": VERSION,
@@ -222,6 +156,41 @@ class ImageBuilder:
                 if name is not None:
                     self._engine.remove(name)
             remove_tree(folder)
+
+    def _write(
+        self, spec: EnvironmentSpec, key: EnvKey, build_id: str, folder: Path, on_event: OnEvent
+    ) -> tuple[_Made, Manifest, list[Layer]]:
+        """Make the environment's layers within the image's layer budget and write the image
+        (the base's layers, ours, the config) into the workspace; the tag only when no docker
+        step follows. What was made, the manifest, and the layers that had to be sent."""
+        base_image = spec.base_image
+        if base_image.digest is None:
+            raise BuildError(f"the base image {base_image} is not pinned", build_id=build_id)
+        platform = normalize_platform(spec.platform)
+        with self._base_registry(base_image) as base:
+            below = platform_manifest(base, base_image.digest, platform)
+            budget = _budget(spec, layer_count(below), build_id)
+            made = self._environment(spec, base_image, folder, budget, on_event)
+            sent: list[Layer] = []
+            on_event("push", f"writing {key} to {self._workspace.address}")
+            manifest = assemble(
+                base, base_image.digest, self._workspace, None if spec.has_steps else key,
+                made.layers, functools.partial(self._read, made), _settings(spec, key, made),
+                platform, below=below, on_send=sent.append,
+            )  # fmt: skip
+        return made, manifest, sent
+
+    def _confirm(self, key: EnvKey, digest: str, build_id: str) -> ImageRef:
+        """The workspace's answer for `key`, asked (not remembered: it was just written); a
+        BuildError unless it is the `digest` written."""
+        found = self._workspace.resolve(key)
+        if found is None or found.digest != digest:
+            raise BuildError(
+                f"the registry holds {found and found.digest} for {key}, not the written {digest}",
+                build_id=build_id,
+            )
+        self._workspace.forget(key)  # a --force-rebuild replaces what this process saw
+        return ImageRef(key, self._workspace.reference(key), found.digest)
 
     def _environment(
         self,
@@ -332,59 +301,20 @@ class ImageBuilder:
         finally:
             registry.close()
 
-    def _steps(
-        self,
-        spec: EnvironmentSpec,
-        key: EnvKey,
-        build_id: str,
-        folder: Path,
-        manifest: Manifest,
-        on_log: Callable[[str], None],
-    ) -> tuple[str, str]:
-        """Run the docker steps on the engine FROM the written image; the tag the engine built
-        (to untag) and the steps' Dockerfile."""
-        if self._pushes:  # the engine pulls it from the workspace registry, by digest
-            stage = f"envctl-build/{key}:{build_id}"
-            source = f"{self._workspace.reference(key).rsplit(':', 1)[0]}@{manifest.digest}"
-        else:  # an OCI layout: the engine cannot reach it, so it gets the image by a load
-            stage = f"envctl-build/{key}:{build_id}"
-            folder.mkdir(parents=True, exist_ok=True)
-            archive = folder / "environment.tar"
-            export_archive(self._workspace, manifest.digest, stage, archive)
-            self._engine.load(archive)
-            archive.unlink()
-            source = stage
-        dockerfile = _steps_context(spec, source, folder / "steps", build_id)
-        # the host's copy has no setuid, setgid or sticky bits: the image gets the listed modes
-        modes = {e.path: e.mode for e in spec.context.entries} if spec.context else {}
-        tag = self._workspace.reference(key) if self._pushes else f"envctl-local/env:{key}"
-        self._engine.build(
-            folder / "steps",
-            tag=tag,
-            labels={},
-            on_log=on_log,
+
+def _budget(spec: EnvironmentSpec, base_layers: int, build_id: str) -> int:
+    """How many layers the environment may have: what engines run, less the base's and the
+    steps'; a StepFailed when too few are left for its buckets."""
+    steps = sum(s.instruction in ("RUN", "COPY", "ADD") for s in spec.steps())
+    room = MAX_LAYERS - base_layers - steps
+    if room < 2 * envlayers.BUCKETS + 1:
+        raise StepFailed(
+            f"the base image has {base_layers} layers and the steps make {steps}: with the "
+            f"environment's, the image would pass {MAX_LAYERS} layers, more than engines run; "
+            "flatten the base or merge steps",
             build_id=build_id,
-            dockerfile=dockerfile,
-            modes=modes,
-            registries=self._config.pull_registries,
-            credentials=self._config.pull_credentials,
         )
-        text = (folder / "steps" / dockerfile).read_text()
-        return stage, text
-
-    def _register(self, tag: str, key: EnvKey, folder: Path, on_log: Callable[[str], None]) -> str:
-        """Put the built image in the workspace registry (the tag last); its manifest digest."""
-        if self._pushes:  # mounting what it can
-            return self._engine.push(tag, auth=self._auth(), on_log=on_log)
-        archive = folder / "image.tar"  # a registry the engine cannot reach (an OCI layout)
-        self._engine.save(tag, archive)
-        return import_archive(archive, self._workspace, key)
-
-    def _auth(self) -> dict[str, str] | None:
-        credentials = self._config.credentials
-        if credentials is None:
-            return None
-        return {"username": credentials.username, "password": credentials.password}
+    return min(LAYER_BUDGET, room)
 
 
 def _settings(spec: EnvironmentSpec, key: EnvKey, made: _Made) -> ImageSettings:
@@ -454,38 +384,3 @@ def _sweep(builds: Path, *, older_than: float) -> None:
                     remove_tree(folder)  # however deep a killed build left it
                 else:
                     folder.unlink()
-
-
-def _images_read(spec: EnvironmentSpec) -> list[ImageName]:
-    """The images a build reads: its base, and those its steps copy or mount from (a stage
-    index, or a name the source policy would refuse, is left to the build to report)."""
-    images = list(spec.images())
-    stages = spec.stage_names()
-    for step in spec.steps():
-        if step.instruction == "ONBUILD":
-            continue  # runs where the image is used as a base, not here
-        for _, value in step.image_flags():
-            if value.isdigit() or "$" in value or value.lower() in stages:
-                continue
-            with contextlib.suppress(InvalidReference):
-                images.append(parse_image(value))
-    return list(dict.fromkeys(images))
-
-
-def _steps_context(spec: EnvironmentSpec, stage: str, target: Path, build_id: str) -> str:
-    """Part 2's context: exactly the user's files, plus a hidden Dockerfile; returns its name."""
-    target.mkdir(parents=True)
-    if spec.context is not None:
-        copy_context(spec.context, target)
-    name = f".dockerfile.envctl-{build_id}"
-    lines = [f"FROM {stage}", *(step.dockerfile_line() for step in spec.docker_steps)]
-    if spec.stages:  # every stage as written, the environment's starting from `stage`
-        lines = [line for each in spec.stages for line in each.dockerfile_lines(stage)]
-    (target / name).write_text("\n".join(lines) + "\n")
-    ignore = target / ".dockerignore"
-    # as the Docker CLI does for a Dockerfile from outside the context: list it in .dockerignore
-    # (and .dockerignore itself when the user has none), so the daemon removes both
-    existing = ignore.read_text() if ignore.exists() else ".dockerignore"
-    ignore.unlink(missing_ok=True)  # it may be a hard link to the user's file: never edit that
-    ignore.write_text(f"{existing}\n{name}\n")
-    return name

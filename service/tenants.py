@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
+from builder.config import BuildConfig
 from builder.docker import DockerBuilder
-from builder.pipeline import BuildConfig, ImageBuilder
+from builder.pipeline import ImageBuilder
 from builder.resolve import Resolver
 from client.errors import NotFound
 from hashing import EnvKey, ImageName

@@ -17,8 +17,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from builder.config import BuildConfig
 from builder.docker import DockerBuilder
-from builder.pipeline import BuildConfig, ImageBuilder
+from builder.pipeline import ImageBuilder
 from builder.resolve import Resolver, RetryPolicy
 from hashing import EnvctlError, EnvironmentSpec, compute_key
 from registry import DigestResolver
