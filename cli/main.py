@@ -90,7 +90,12 @@ class _Context:
         if self._environments is None:
             s = self.settings
             if s.server_url:
-                self._environments = EnvctlClient(s.server_url, s.token, workspace=s.workspace)
+                self._environments = EnvctlClient(
+                    s.server_urls,
+                    s.token,
+                    workspace=s.workspace,
+                    unreachable_after=s.unreachable_after,
+                )
             else:
                 self._environments = LocalEnvironments(s)
             self.closers.append(self._environments.close)
@@ -354,7 +359,12 @@ def _prewarm_target(c: _Context, to_global: bool) -> EnvctlClient | LocalEnviron
     if not to_global:
         return c.environments()
     if s.server_url:
-        return EnvctlClient(s.server_url, s.token, workspace=GLOBAL_WORKSPACE)
+        return EnvctlClient(
+            s.server_urls,
+            s.token,
+            workspace=GLOBAL_WORKSPACE,
+            unreachable_after=s.unreachable_after,
+        )
     if not s.global_registry:
         raise SpecError("--global needs ENVCTL_GLOBAL_REGISTRY", source="--global")
     target = Workspace(GLOBAL_WORKSPACE, s.global_registry, datetime.now(UTC))
