@@ -25,6 +25,7 @@ the second builds again (an extra build, never a wrong image).
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -36,6 +37,7 @@ from client.errors import ServiceUnavailable
 from hashing import SpecError
 from hashing.errors import Kind
 
+log = logging.getLogger("envctl.client")
 UNREACHABLE_AFTER = 30.0  # seconds without any address answering before the client gives up
 CONNECT_TIMEOUT = 10.0  # at most, per attempt (less as the bound nears): a silent address
 MIN_CONNECT_TIMEOUT = 0.5  # at least, so that the last round still reaches every address
@@ -171,8 +173,17 @@ class Walk:
         self._step += 1
         if self._deadline is not None and now >= self._deadline:
             raise ServiceUnavailable(self._message("in the time given"))
-        if self._step % len(self._servers.urls) == 0 and now >= self._give_up_at():
-            raise ServiceUnavailable(self._message(f"for {self._servers.unreachable_after:g} s"))
+        if self._step % len(self._servers.urls) == 0:
+            if now >= self._give_up_at():
+                raise ServiceUnavailable(
+                    self._message(f"for {self._servers.unreachable_after:g} s")
+                )
+            if self._step == len(self._servers.urls):  # said once, at once: not an hour's silence
+                log.warning(
+                    "%s; trying again for up to %.0f s",
+                    self._message("yet"),
+                    max(1.0, self._give_up_at() - now),
+                )
 
     def answer(self, url: str, response: httpx.Response) -> bool:
         """True when `response` is the service's answer (`url` is then where the next call

@@ -128,3 +128,20 @@ def test_a_silent_address_may_not_use_up_the_bound() -> None:
 )
 def test_a_transport_error_is_said_in_a_few_words(exc: Exception, said: str) -> None:
     assert reason(exc) == said
+
+
+def test_the_first_round_of_failures_is_said_at_once_and_only_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    servers, clock = _servers(A, B, bound=2.0)
+    walk = servers.walk()
+    walk.failed(_ask(walk, clock), REFUSED)
+    assert not caplog.records, "one address refused: the next is asked first"
+    walk.failed(_ask(walk, clock), REFUSED)
+    (notice,) = [record.getMessage() for record in caplog.records]
+    assert notice == (
+        f"no envctl server answered yet: {A} (connection refused), {B} (connection refused);"
+        " trying again for up to 2 s"
+    )
+    _refused_until_given_up(walk, clock)
+    assert len(caplog.records) == 1
