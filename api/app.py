@@ -158,7 +158,10 @@ def create_app(
         force_rebuild: bool = False,
     ) -> ImageView | BuildView | Response:
         """The environment's image (200), or the one build that makes it (202: queued or
-        joined). `wait` holds the request up to that many seconds for the build to finish."""
+        joined). `wait` holds the request up to that many seconds for the build to finish.
+        Idempotent per key: a resolve sent again (to this server or another on the database,
+        by a client whose server went away) joins the key's active build, never a second one;
+        only with `force_rebuild`, sent again after that build finished, does it build again."""
         reach(token, workspace)
         resolved = None if force_rebuild else svc.answer_from_memory(workspace, body)
         if resolved is None:  # it needs the registries or the database: off the loop

@@ -101,7 +101,12 @@ class _Context:
             if s.server_url:
                 from client.http import EnvctlClient
 
-                self._environments = EnvctlClient(s.server_url, s.token, workspace=s.workspace)
+                self._environments = EnvctlClient(
+                    s.server_urls,
+                    s.token,
+                    workspace=s.workspace,
+                    unreachable_after=s.unreachable_after,
+                )
             else:
                 from cli.local import LocalEnvironments
 
@@ -369,7 +374,12 @@ def _prewarm_target(c: _Context, to_global: bool) -> EnvctlClient | LocalEnviron
     if s.server_url:
         from client.http import EnvctlClient
 
-        return EnvctlClient(s.server_url, s.token, workspace=GLOBAL_WORKSPACE)
+        return EnvctlClient(
+            s.server_urls,
+            s.token,
+            workspace=GLOBAL_WORKSPACE,
+            unreachable_after=s.unreachable_after,
+        )
     if not s.global_registry:
         from hashing import SpecError
 

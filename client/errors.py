@@ -8,7 +8,7 @@
         ├── Conflict             a name is taken                                 conflict
         ├── BodyTooLarge         the request body is over the limit (413)        invalid
         ├── QueueFull            the workspace has too many builds queued (429)  unavailable
-        ├── ServiceUnavailable   the server could not be reached (client side)   unavailable
+        ├── ServiceUnavailable   no address of the server answered (client side) unavailable
         ├── RemoteError          an error a server answered (client side)        the server's
         └── BuildFailed          a build the client waited on failed             its error's
 
@@ -103,8 +103,9 @@ class QueueFull(ServiceError):
 
 
 class ServiceUnavailable(ServiceError):
-    """The envctl server could not be reached, or a proxy in front of it answered that it is
-    away (restarting): the one condition a client retries."""
+    """No address of the envctl service answered (refused, reset, timed out, or a proxy in
+    front of it said it is away) for the client's bound (`unreachable_after`): until then the
+    client asks the other addresses, and again (`client.servers`); the message names each."""
 
     kind = Kind.UNAVAILABLE
     code = "unavailable"

@@ -1,172 +1,81 @@
 """The Python client of the envctl API (httpx), sync and async; the CLI and runners use it.
 
-    with EnvctlClient(url, token, workspace="team-a") as envctl:
+    with EnvctlClient(["http://a:8080", "http://b:8080"], token, workspace="team-a") as envctl:
         image = envctl.resolve_image(request_from_file("env.yml"), on_log=print)
         run(image.image)
 
 `resolve_image` is the runner's one call: a hit answers at once; on a miss it follows the build's
 log until the build is over and returns the image or raises the build's failure (`BuildFailed`).
-A dropped connection or a server restarting mid-build is waited out (the build survives in the
-database) until `timeout`. Request building and answer reading are shared by both clients,
-which only differ in how they do I/O.
+
+A client takes one address or several of one service (`client.servers`): each call asks them in
+order from the last that answered, moves on at once when one cannot be reached, and raises
+ServiceUnavailable, naming each address, once none has answered for `unreachable_after` seconds.
+A build outlives the server that was asked: a client following its log (or polling it with
+`build(id, wait=...)`) whose server goes away goes on through another with the same build id
+(builds live in the service's database), resuming the log after the last line it had.
+
+`_BaseClient` holds what both clients share (the addresses, each request's parts, reading the
+answers); `EnvctlClient` and `AsyncEnvctlClient` only do the I/O, as httpx's own clients do.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from httpx_sse import ServerSentEvent, aconnect_sse, connect_sse
+from httpx_sse import aconnect_sse, connect_sse
 
-from client.errors import (
-    BodyTooLarge,
-    BuildFailed,
-    NotFound,
-    QueueFull,
-    RemoteError,
-    ServiceUnavailable,
-    Unauthorized,
+from client.answers import (
+    LogItem,
+    OnLog,
+    check,
+    event,
+    failure,
+    image_after,
+    outcome,
+    resolved,
+    take,
 )
-from client.models import BuildView, HashView, ImageView, LogEventView
-from hashing import SpecError
-from hashing.errors import Kind
+from client.errors import QueueFull
+from client.models import BuildView, HashView, ImageView
+from client.servers import UNREACHABLE_AFTER, Servers, Walk, server_urls
 from specio.request import ResolveRequest
 
-OnLog = Callable[[LogEventView], None]
-LogItem = LogEventView | BuildView
-POLL = 30.0  # seconds one request waits on the server for a build to finish
-RECONNECT = 60.0  # seconds a log stream without a deadline keeps trying to reconnect
-_AWAY_STATUSES = {502, 503, 504}  # from a proxy, without envctl's error body
+__all__ = [
+    "UNREACHABLE_AFTER",
+    "AsyncEnvctlClient",
+    "EnvctlClient",
+    "LogItem",
+    "OnLog",
+    "check",
+    "failure",
+    "image_after",
+]
+
+POLL = 30.0  # seconds a log stream may be silent (the server pings every 15 s)
 
 
-class _Calls:
-    """What both clients share: URLs, bodies and reading answers."""
+@dataclass(frozen=True)
+class _Call:
+    """One request as both clients send it, to whichever address the walk gives."""
 
-    def __init__(self, workspace: str) -> None:
-        self.workspace = workspace
-
-    def ws(self, path: str) -> str:
-        return f"/v1/workspaces/{self.workspace}{path}"
-
-    @staticmethod
-    def resolve_params(wait: float, build: bool, force_rebuild: bool) -> dict[str, Any]:
-        return {
-            "wait": wait,
-            "build": str(build).lower(),
-            "force_rebuild": str(force_rebuild).lower(),
-        }
-
-    @staticmethod
-    def body(request: ResolveRequest) -> dict[str, Any]:
-        return request.model_dump(mode="json", exclude_defaults=True)
-
-    @staticmethod
-    def resolved(response: httpx.Response) -> ImageView | BuildView:
-        check(response)
-        if response.status_code == 202:
-            return BuildView.model_validate_json(response.content)
-        return ImageView.model_validate_json(response.content)
-
-    @staticmethod
-    def event(sse: ServerSentEvent) -> LogItem | None:
-        if sse.event == "log":
-            return LogEventView.model_validate_json(sse.data)
-        if sse.event == "end":
-            return BuildView.model_validate_json(sse.data)
-        return None  # pings and events of later versions
+    method: str
+    path: str
+    params: dict[str, Any] | None = None
+    json: dict[str, Any] | None = None
+    headers: dict[str, str] | None = None
+    wait: float = 0  # seconds the server may hold the answer (`?wait=`)
 
 
-def check(response: httpx.Response) -> None:
-    """Raise the error an answer carries, of the kind the server gave it. An answer without
-    envctl's error body is not the server's: a 502/503/504 then comes from a proxy in front of
-    a server that is away (ServiceUnavailable, the one error a client waits out)."""
-    if response.is_success:
-        return
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    status = response.status_code
-    if not isinstance(body, dict) or body.get("kind") not in Kind.__members__.values():
-        if status in _AWAY_STATUSES:
-            raise ServiceUnavailable(f"the envctl server is away (HTTP {status})")
-        raise RemoteError(f"HTTP {status}: {response.reason_phrase}", kind=Kind.FAILED,
-                          code="internal")  # fmt: skip
-    kind, code = Kind(body["kind"]), str(body.get("error") or body["kind"])
-    message = str(body.get("message") or response.reason_phrase)
-    if code == "invalid_spec":
-        raise SpecError(
-            message, source=body.get("source"), line=body.get("line"), field=body.get("field")
-        )
-    if code == "invalid_request":
-        raise SpecError(message, source="request", field=body.get("field"))
-    if kind is Kind.UNAUTHORIZED:
-        raise Unauthorized(message)
-    if kind is Kind.NOT_FOUND:
-        raise NotFound(message)
-    if status == 413:
-        raise BodyTooLarge(message)
-    if status == 429:
-        raise QueueFull(message, retry_after=int(response.headers.get("Retry-After", "30")))
-    raise RemoteError(message, kind=kind, code=code)
+class _Place:
+    """Where a log stream is (its last line), for resuming it with Last-Event-ID."""
 
-
-def failure(view: BuildView) -> BuildFailed:
-    """The error of a failed build."""
-    return BuildFailed(
-        view.message or "the build failed",
-        failure_class=view.failure_class,
-        build_id=view.build_id,
-        kind=view.failure_kind or Kind.FAILED,  # the server's: it knows its error classes
-    )
-
-
-def take(item: LogItem, on_log: OnLog | None) -> BuildView | None:
-    """Hand a log line to `on_log`; the build's view when the item is the stream's end."""
-    if isinstance(item, BuildView):
-        return item
-    if on_log is not None:
-        on_log(item)
-    return None
-
-
-def outcome(end: BuildView | None, started: BuildView) -> ImageView:
-    """The image of a build whose stream ended with `end`, or its failure."""
-    if end is None or end.status != "succeeded":
-        raise failure(end or started)
-    return end.image_view()
-
-
-def image_after(items: Iterable[LogItem], on_log: OnLog | None, started: BuildView) -> ImageView:
-    """Follow a build's log stream to its end: the image, or the build's failure."""
-    end = None
-    for item in items:
-        end = take(item, on_log) or end
-    return outcome(end, started)
-
-
-def _retry_in(exc: Exception, attempt: int, deadline: float) -> float:
-    """Seconds before asking again after `exc` (a server away, or its queue full); `exc`
-    again when that would pass the deadline."""
-    wait = exc.retry_after if isinstance(exc, QueueFull) else _backoff(attempt)
-    if time.monotonic() + wait > deadline:
-        raise exc
-    return wait
-
-
-class _Stream:
-    """A log stream's place (its last line) and its reconnecting: without a deadline, a
-    server away for RECONNECT seconds in a row ends it."""
-
-    def __init__(self, after: int, deadline: float | None) -> None:
+    def __init__(self, after: int) -> None:
         self.after = after
-        self._deadline = deadline
-        self._attempt = 0
-        self._failing_since: float | None = None
 
     def headers(self) -> dict[str, str]:
         return {"Last-Event-ID": str(self.after)} if self.after else {}
@@ -176,43 +85,96 @@ class _Stream:
         if isinstance(item, BuildView):
             return True
         self.after = item.seq
-        self._attempt, self._failing_since = 0, None
         return False
 
-    def retry_in(self) -> float:
-        """Seconds before reconnecting; ServiceUnavailable when it is time to give up."""
-        now = time.monotonic()
-        self._failing_since = self._failing_since or now
-        if now > (self._deadline or self._failing_since + RECONNECT):
-            raise ServiceUnavailable("the envctl server stopped answering")
-        self._attempt += 1
-        return _backoff(self._attempt - 1)
 
-
-def _backoff(attempt: int) -> float:
-    return min(10.0, 0.2 * 2.0 ** min(attempt, 8)) * random.uniform(0.5, 1.5)  # noqa: S311 - jitter
-
-
-class EnvctlClient:
-    """Synchronous client of one workspace of an envctl server."""
+class _BaseClient:
+    """What both clients share: the service's addresses, the requests, reading the answers."""
 
     def __init__(
         self,
-        url: str,
+        urls: str | Sequence[str],
+        token: str | None,
+        *,
+        workspace: str,
+        timeout: float,
+        unreachable_after: float,
+    ) -> None:
+        self.servers = Servers(server_urls(urls, "url"), unreachable_after=unreachable_after)
+        self.workspace = workspace
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._timeout = timeout
+
+    def _ws(self, path: str) -> str:
+        return f"/v1/workspaces/{self.workspace}{path}"
+
+    def _hash_call(self, request: ResolveRequest) -> _Call:
+        return _Call("POST", "/v1/hash", json=_body(request))
+
+    def _resolve_call(
+        self, request: ResolveRequest, wait: float, build: bool, force_rebuild: bool
+    ) -> _Call:
+        params = {
+            "wait": wait,
+            "build": str(build).lower(),
+            "force_rebuild": str(force_rebuild).lower(),
+        }
+        return _Call("POST", self._ws("/resolve"), params, _body(request), wait=wait)
+
+    def _build_call(self, build_id: str, wait: float) -> _Call:
+        return _Call("GET", self._ws(f"/builds/{build_id}"), {"wait": wait}, wait=wait)
+
+    def _environment_call(self, key: str) -> _Call:
+        return _Call("GET", self._ws(f"/environments/{key}"))
+
+    def _logs_call(self, build_id: str, follow: bool, place: _Place) -> _Call:
+        params = {"follow": str(follow).lower()}
+        return _Call("GET", self._ws(f"/builds/{build_id}/logs"), params, headers=place.headers())
+
+    def _timeouts(self, walk: Walk, call: _Call) -> httpx.Timeout:
+        """An attempt's timeouts: connecting bounded by the walk (an address that does not
+        answer must not use up the time the others have), reading by what the server holds."""
+        read = max(POLL, call.wait) + self._timeout
+        return httpx.Timeout(self._timeout, connect=walk.connect_timeout(), read=read)
+
+
+def _body(request: ResolveRequest) -> dict[str, Any]:
+    return request.model_dump(mode="json", exclude_defaults=True)
+
+
+def _environment(response: httpx.Response) -> dict[str, Any]:
+    check(response)
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def _queue_wait(exc: QueueFull, deadline: float) -> float:
+    """Seconds to wait before asking again after a full queue (the server says how long);
+    `exc` again when that would pass the deadline."""
+    if time.monotonic() + exc.retry_after > deadline:
+        raise exc
+    return float(exc.retry_after)
+
+
+class EnvctlClient(_BaseClient):
+    """Synchronous client of one workspace of an envctl service. `urls`: one address, several
+    (a sequence, or comma-separated as in ENVCTL_URL) of servers sharing one database;
+    `unreachable_after`: seconds with none answering before a call raises ServiceUnavailable."""
+
+    def __init__(
+        self,
+        urls: str | Sequence[str],
         token: str | None,
         *,
         workspace: str,
         timeout: float = 30.0,
+        unreachable_after: float = UNREACHABLE_AFTER,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._calls = _Calls(workspace)
-        self._http = httpx.Client(
-            base_url=url,
-            headers=headers,
-            timeout=httpx.Timeout(timeout, read=POLL + timeout),
-            transport=transport,
+        super().__init__(
+            urls, token, workspace=workspace, timeout=timeout, unreachable_after=unreachable_after
         )
+        self._http = httpx.Client(headers=self._headers, transport=transport)
 
     def __enter__(self) -> EnvctlClient:
         return self
@@ -226,7 +188,7 @@ class EnvctlClient:
 
     def hash(self, request: ResolveRequest) -> HashView:
         """The key the server computes for a spec, with its canonical inputs."""
-        response = self._send("POST", "/v1/hash", json=_Calls.body(request))
+        response = self._send(self._hash_call(request))
         check(response)
         return HashView.model_validate_json(response.content)
 
@@ -238,56 +200,54 @@ class EnvctlClient:
         build: bool = True,
         force_rebuild: bool = False,
     ) -> ImageView | BuildView:
-        """One resolve call: the image (hit), or the build that makes it."""
-        response = self._send(
-            "POST",
-            self._calls.ws("/resolve"),
-            json=_Calls.body(request),
-            params=_Calls.resolve_params(wait, build, force_rebuild),
-        )
-        return _Calls.resolved(response)
+        """One resolve call: the image (hit), or the build that makes it. Safe to send again
+        to another server: a resolve joins the key's active build (`client.servers`)."""
+        return resolved(self._send(self._resolve_call(request, wait, build, force_rebuild)))
 
     def build(self, build_id: str, *, wait: float = 0) -> BuildView:
         """A build's status (waiting on the server up to `wait` seconds for its end)."""
-        response = self._send("GET", self._calls.ws(f"/builds/{build_id}"), params={"wait": wait})
+        response = self._send(self._build_call(build_id, wait))
         check(response)
         return BuildView.model_validate_json(response.content)
 
     def environment(self, key: str) -> dict[str, Any]:
         """The metadata stored with an environment's image."""
-        response = self._send("GET", self._calls.ws(f"/environments/{key}"))
-        check(response)
-        result: dict[str, Any] = response.json()
-        return result
+        return _environment(self._send(self._environment_call(key)))
 
     def logs(
         self, build_id: str, *, after: int = 0, follow: bool = True, deadline: float | None = None
     ) -> Iterator[LogItem]:
-        """The build's log lines, live, then its final view; a dropped stream is resumed
-        from the last line seen (Last-Event-ID). Without a `deadline`, a server that stays
-        away for RECONNECT seconds raises ServiceUnavailable."""
-        stream = _Stream(after, deadline)
+        """The build's log lines, live, then its final view. A dropped stream is resumed
+        from the last line seen (Last-Event-ID), through another address if its server went
+        away; ServiceUnavailable once none answers for `unreachable_after` seconds, or at
+        `deadline` (time.monotonic)."""
+        place = _Place(after)
+        walk = self.servers.walk(deadline=deadline)
         while True:
+            url, pause = walk.next()
+            if pause:
+                time.sleep(pause)  # backoff between rounds of addresses, not synchronisation
+            call = self._logs_call(build_id, follow, place)
             try:
                 with connect_sse(
-                    self._http,
-                    "GET",
-                    self._calls.ws(f"/builds/{build_id}/logs"),
-                    headers=stream.headers(),
-                    params={"follow": str(follow).lower()},
-                ) as source:
+                    self._http, call.method, url + call.path, params=call.params,
+                    headers=call.headers, timeout=self._timeouts(walk, call),
+                ) as source:  # fmt: skip
                     if not source.response.is_success:
                         source.response.read()  # an error's body, before it is read as one
+                    if not walk.answer(url, source.response):
+                        continue
                     check(source.response)
                     for sse in source.iter_sse():
-                        item = _Calls.event(sse)
+                        item = event(sse)
                         if item is not None:
                             yield item
-                            if stream.seen(item):
+                            if place.seen(item):
                                 return
-            except (httpx.TransportError, ServiceUnavailable):
-                pass
-            time.sleep(stream.retry_in())  # backoff before reconnecting, not synchronisation
+            except httpx.TransportError as exc:
+                walk.failed(url, exc)
+                continue
+            walk.failed(url, "the log stream ended before the build did")
 
     def resolve_image(
         self,
@@ -298,47 +258,56 @@ class EnvctlClient:
         force_rebuild: bool = False,
     ) -> ImageView:
         """The environment's image, built if need be: follows the build's log (to `on_log`)
-        and raises BuildFailed when it fails. Waits out a restarting server."""
+        and raises BuildFailed when it fails. A server going away is waited out through the
+        other addresses, or until one answers again within `unreachable_after` seconds."""
         deadline = time.monotonic() + timeout
-        attempt = 0
         while True:
             try:
-                answer = self.resolve(request, force_rebuild=force_rebuild)
+                call = self._resolve_call(request, 0, True, force_rebuild)
+                answer = resolved(self._send(call, deadline))
                 break
-            except (httpx.TransportError, ServiceUnavailable, QueueFull) as exc:
-                time.sleep(_retry_in(exc, attempt, deadline))  # backoff, not synchronisation
-                attempt += 1
+            except QueueFull as exc:
+                time.sleep(_queue_wait(exc, deadline))  # as the server said, not synchronisation
         if isinstance(answer, ImageView):
             return answer
         return image_after(self.logs(answer.build_id, deadline=deadline), on_log, answer)
 
-    def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        try:
-            return self._http.request(method, url, **kwargs)
-        except httpx.TransportError as exc:
-            raise ServiceUnavailable(f"envctl server {self._http.base_url}: {exc}") from exc
+    def _send(self, call: _Call, deadline: float | None = None) -> httpx.Response:
+        """`call`'s answer from the first address that gives one (see `client.servers`)."""
+        walk = self.servers.walk(deadline=deadline)
+        while True:
+            url, pause = walk.next()
+            if pause:
+                time.sleep(pause)  # backoff between rounds of addresses, not synchronisation
+            try:
+                response = self._http.request(
+                    call.method, url + call.path, params=call.params, json=call.json,
+                    headers=call.headers, timeout=self._timeouts(walk, call),
+                )  # fmt: skip
+            except httpx.TransportError as exc:
+                walk.failed(url, exc)
+                continue
+            if walk.answer(url, response):
+                return response
 
 
-class AsyncEnvctlClient:
-    """Asynchronous client of one workspace of an envctl server (same calls, awaited)."""
+class AsyncEnvctlClient(_BaseClient):
+    """Asynchronous client of one workspace of an envctl service (same calls, awaited)."""
 
     def __init__(
         self,
-        url: str,
+        urls: str | Sequence[str],
         token: str | None,
         *,
         workspace: str,
         timeout: float = 30.0,
+        unreachable_after: float = UNREACHABLE_AFTER,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._calls = _Calls(workspace)
-        self._http = httpx.AsyncClient(
-            base_url=url,
-            headers=headers,
-            timeout=httpx.Timeout(timeout, read=POLL + timeout),
-            transport=transport,
+        super().__init__(
+            urls, token, workspace=workspace, timeout=timeout, unreachable_after=unreachable_after
         )
+        self._http = httpx.AsyncClient(headers=self._headers, transport=transport)
 
     async def __aenter__(self) -> AsyncEnvctlClient:
         return self
@@ -352,7 +321,7 @@ class AsyncEnvctlClient:
 
     async def hash(self, request: ResolveRequest) -> HashView:
         """The key the server computes for a spec, with its canonical inputs."""
-        response = await self._send("POST", "/v1/hash", json=_Calls.body(request))
+        response = await self._send(self._hash_call(request))
         check(response)
         return HashView.model_validate_json(response.content)
 
@@ -365,55 +334,49 @@ class AsyncEnvctlClient:
         force_rebuild: bool = False,
     ) -> ImageView | BuildView:
         """One resolve call: the image (hit), or the build that makes it."""
-        response = await self._send(
-            "POST",
-            self._calls.ws("/resolve"),
-            json=_Calls.body(request),
-            params=_Calls.resolve_params(wait, build, force_rebuild),
-        )
-        return _Calls.resolved(response)
+        return resolved(await self._send(self._resolve_call(request, wait, build, force_rebuild)))
 
     async def build(self, build_id: str, *, wait: float = 0) -> BuildView:
         """A build's status (waiting on the server up to `wait` seconds for its end)."""
-        response = await self._send(
-            "GET", self._calls.ws(f"/builds/{build_id}"), params={"wait": wait}
-        )
+        response = await self._send(self._build_call(build_id, wait))
         check(response)
         return BuildView.model_validate_json(response.content)
 
     async def environment(self, key: str) -> dict[str, Any]:
         """The metadata stored with an environment's image."""
-        response = await self._send("GET", self._calls.ws(f"/environments/{key}"))
-        check(response)
-        result: dict[str, Any] = response.json()
-        return result
+        return _environment(await self._send(self._environment_call(key)))
 
     async def logs(
         self, build_id: str, *, after: int = 0, follow: bool = True, deadline: float | None = None
     ) -> AsyncIterator[LogItem]:
-        """The build's log lines, live, then its final view; resumed after a drop."""
-        stream = _Stream(after, deadline)
+        """The build's log lines, live, then its final view (see `EnvctlClient.logs`)."""
+        place = _Place(after)
+        walk = self.servers.walk(deadline=deadline)
         while True:
+            url, pause = walk.next()
+            if pause:
+                await asyncio.sleep(pause)  # backoff between rounds of addresses
+            call = self._logs_call(build_id, follow, place)
             try:
                 async with aconnect_sse(
-                    self._http,
-                    "GET",
-                    self._calls.ws(f"/builds/{build_id}/logs"),
-                    headers=stream.headers(),
-                    params={"follow": str(follow).lower()},
-                ) as source:
+                    self._http, call.method, url + call.path, params=call.params,
+                    headers=call.headers, timeout=self._timeouts(walk, call),
+                ) as source:  # fmt: skip
                     if not source.response.is_success:
                         await source.response.aread()  # an error's body, before it is read
+                    if not walk.answer(url, source.response):
+                        continue
                     check(source.response)
                     async for sse in source.aiter_sse():
-                        item = _Calls.event(sse)
+                        item = event(sse)
                         if item is not None:
                             yield item
-                            if stream.seen(item):
+                            if place.seen(item):
                                 return
-            except (httpx.TransportError, ServiceUnavailable):
-                pass
-            await asyncio.sleep(stream.retry_in())  # backoff before reconnecting
+            except httpx.TransportError as exc:
+                walk.failed(url, exc)
+                continue
+            walk.failed(url, "the log stream ended before the build did")
 
     async def resolve_image(
         self,
@@ -425,14 +388,13 @@ class AsyncEnvctlClient:
     ) -> ImageView:
         """The environment's image, built if need be (see `EnvctlClient.resolve_image`)."""
         deadline = time.monotonic() + timeout
-        attempt = 0
         while True:
             try:
-                answer = await self.resolve(request, force_rebuild=force_rebuild)
+                call = self._resolve_call(request, 0, True, force_rebuild)
+                answer = resolved(await self._send(call, deadline))
                 break
-            except (httpx.TransportError, ServiceUnavailable, QueueFull) as exc:
-                await asyncio.sleep(_retry_in(exc, attempt, deadline))  # backoff
-                attempt += 1
+            except QueueFull as exc:
+                await asyncio.sleep(_queue_wait(exc, deadline))  # as the server said
         if isinstance(answer, ImageView):
             return answer
         end = None
@@ -440,8 +402,20 @@ class AsyncEnvctlClient:
             end = take(item, on_log) or end
         return outcome(end, answer)
 
-    async def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        try:
-            return await self._http.request(method, url, **kwargs)
-        except httpx.TransportError as exc:
-            raise ServiceUnavailable(f"envctl server {self._http.base_url}: {exc}") from exc
+    async def _send(self, call: _Call, deadline: float | None = None) -> httpx.Response:
+        """`call`'s answer from the first address that gives one (see `client.servers`)."""
+        walk = self.servers.walk(deadline=deadline)
+        while True:
+            url, pause = walk.next()
+            if pause:
+                await asyncio.sleep(pause)  # backoff between rounds of addresses
+            try:
+                response = await self._http.request(
+                    call.method, url + call.path, params=call.params, json=call.json,
+                    headers=call.headers, timeout=self._timeouts(walk, call),
+                )  # fmt: skip
+            except httpx.TransportError as exc:
+                walk.failed(url, exc)
+                continue
+            if walk.answer(url, response):
+                return response

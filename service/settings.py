@@ -35,7 +35,11 @@ passed down. Environment variables win over the file.
     DOCKER_HOST                    the Docker engine (default: the local socket)
 
     The service (`envctl serve`) and its clients:
-    ENVCTL_URL                     an envctl server: the CLI then talks to it (else embedded)
+    ENVCTL_URL                     an envctl server: the CLI then talks to it (else embedded);
+                                   several, comma-separated, are servers of one service (one
+                                   database), tried in order from the last that answered
+    ENVCTL_UNREACHABLE_AFTER       seconds a client keeps trying when no ENVCTL_URL answers
+                                   (a server may be restarting) before it exits 3 (default 30)
     ENVCTL_TOKEN                   the bearer token sent to it
     ENVCTL_WORKSPACE               the workspace the embedded CLI works in (default: default)
     ENVCTL_DATABASE_URL            build records (SQLAlchemy URL; default SQLite in ENVCTL_HOME)
@@ -50,6 +54,7 @@ passed down. Environment variables win over the file.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -58,6 +63,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from client.servers import UNREACHABLE_AFTER, server_urls
 from hashing import SpecError
 from hashing.validate import validate
 from hashing.yamldoc import load_yaml
@@ -94,7 +100,8 @@ class Settings:
     docker_host: str | None = None
     pip_index_url: str | None = None
     pip_find_links: tuple[str, ...] = ()
-    server_url: str | None = None
+    server_urls: tuple[str, ...] = ()
+    unreachable_after: float = UNREACHABLE_AFTER
     token: str | None = None
     workspace: str = "default"
     database_url: str | None = None
@@ -103,6 +110,12 @@ class Settings:
     max_queued: int = 32
     tag_ttl: float = 10.0
     token_ttl: float = 1.0
+
+    @property
+    def server_url(self) -> str | None:
+        """The first server's address (whether the CLI is a client); a client takes them all
+        (`server_urls`)."""
+        return self.server_urls[0] if self.server_urls else None
 
     @property
     def database(self) -> str:
@@ -175,7 +188,8 @@ class Settings:
             docker_host=env.get("DOCKER_HOST") or None,
             pip_index_url=env.get("ENVCTL_PIP_INDEX_URL") or None,
             pip_find_links=_list(env.get("ENVCTL_PIP_FIND_LINKS", "")),
-            server_url=env.get("ENVCTL_URL") or None,
+            server_urls=server_urls(env["ENVCTL_URL"]) if env.get("ENVCTL_URL") else (),
+            unreachable_after=_seconds(env, "ENVCTL_UNREACHABLE_AFTER", UNREACHABLE_AFTER),
             token=env.get("ENVCTL_TOKEN") or None,
             workspace=env.get("ENVCTL_WORKSPACE") or "default",
             database_url=env.get("ENVCTL_DATABASE_URL") or None,
@@ -281,6 +295,19 @@ def _number(env: Mapping[str, str], name: str, default: float | None) -> Any:
         return float(text)
     except ValueError:
         raise SpecError(f"not a number: {text!r}", source=name) from None
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    text = env.get(name)
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise SpecError(f"not a positive number of seconds: {text!r}", source=name)
+    return value
 
 
 def _count(env: Mapping[str, str], name: str, default: int) -> int:

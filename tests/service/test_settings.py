@@ -1,8 +1,11 @@
-"""Settings read from the environment: the build steps' limits, on by default."""
+"""Settings read from the environment: the build steps' limits, on by default; the service's
+addresses for a client (ENVCTL_URL) and how long it tries them (ENVCTL_UNREACHABLE_AFTER)."""
 
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from hashing import SpecError
 from service.settings import Settings
@@ -62,3 +65,70 @@ def test_a_server_names_what_its_settings_leave_unbounded() -> None:
         "ENVCTL_BUILD_CGROUP_PARENT",
         "ENVCTL_TOKEN_TTL",
     ]
+
+
+# the service's addresses, for a client (ENVCTL_URL) and how long it tries them
+def test_envctl_url_is_a_list_of_addresses_in_order_once_each() -> None:
+    settings = Settings.from_env(
+        {
+            "ENVCTL_HOME": "/nonexistent",
+            "ENVCTL_URL": " http://127.0.0.1:8080/ , https://envctl.example/api,http://127.0.0.1:8080",
+        }
+    )
+    assert settings.server_urls == ("http://127.0.0.1:8080", "https://envctl.example/api")
+    assert settings.server_url == "http://127.0.0.1:8080", "existing callers: one is configured"
+    assert settings.unreachable_after == 30.0
+    embedded = Settings.from_env({"ENVCTL_HOME": "/nonexistent", "ENVCTL_URL": ""})
+    assert (embedded.server_urls, embedded.server_url) == ((), None)
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        ("ftp://127.0.0.1:21", "not an http:// or https:// URL"),
+        ("127.0.0.1:8080", "not an http:// or https:// URL"),
+        ("http://", "not an http:// or https:// URL"),
+        ("http://127.0.0.1:99999", "not a URL"),
+        ("http://127.0.0.1:8080,http://[::1", "not a URL"),
+        ("http://admin:hunter2@127.0.0.1:8080", "has credentials in it"),
+        ("http://127.0.0.1:8080/?token=x", "no query or fragment"),
+        (" , ", "no server address"),
+    ],
+)
+def test_a_bad_envctl_url_is_refused_naming_the_setting_and_no_secret(
+    value: str, said: str
+) -> None:
+    with pytest.raises(SpecError) as info:
+        Settings.from_env({"ENVCTL_HOME": "/nonexistent", "ENVCTL_URL": value})
+    assert info.value.source == "ENVCTL_URL"
+    assert said in info.value.message
+    assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "inf", "nan"])
+def test_a_bad_unreachable_bound_names_its_setting(value: str) -> None:
+    with pytest.raises(SpecError) as info:
+        Settings.from_env({"ENVCTL_HOME": "/nonexistent", "ENVCTL_UNREACHABLE_AFTER": value})
+    assert info.value.source == "ENVCTL_UNREACHABLE_AFTER"
+
+
+def test_the_unreachable_bound_is_seconds() -> None:
+    env = {"ENVCTL_HOME": "/nonexistent", "ENVCTL_UNREACHABLE_AFTER": "2.5"}
+    assert Settings.from_env(env).unreachable_after == 2.5
+
+
+_hosts = st.sampled_from(["127.0.0.1", "localhost", "[::1]", "envctl.example", "10.1.2.3"])
+_urls = st.builds(
+    lambda scheme, host, port, path: f"{scheme}://{host}{port}{path}",
+    st.sampled_from(["http", "https"]),
+    _hosts,
+    st.sampled_from(["", ":1", ":8080", ":65535"]),
+    st.sampled_from(["", "/", "/envctl", "/a/b/"]),
+)
+
+
+@given(st.lists(_urls, min_size=1, max_size=5), st.sampled_from([",", ", ", " ,"]))
+def test_any_list_of_addresses_reads_back_in_order_once_each(urls: list[str], sep: str) -> None:
+    settings = Settings.from_env({"ENVCTL_HOME": "/nonexistent", "ENVCTL_URL": sep.join(urls)})
+    expected = list(dict.fromkeys(url.rstrip("/") for url in urls))
+    assert list(settings.server_urls) == expected
