@@ -71,6 +71,13 @@ def assemble(
             config = None
     if not isinstance(config, dict) or not isinstance(config.get("config") or {}, dict):
         raise BuildError(f"the base image {base.reference(base_digest)} has no image config")
+    if (config.get("config") or {}).get("OnBuild"):
+        # Docker runs them in the build FROM the image; envctl writes the image itself and
+        # runs none, and a docker step FROM it would run them, reading images unchecked
+        raise BuildError(
+            f"the base image {base.reference(base_digest)} has ONBUILD triggers, which envctl "
+            "does not run: use a base without them"
+        )
     base_layers = [Descriptor.from_json(d) for d in body.get("layers", [])]
 
     def send(layer: Layer) -> None:

@@ -305,7 +305,7 @@ class ImageBuilder:
 def _budget(spec: EnvironmentSpec, base_layers: int, build_id: str) -> int:
     """How many layers the environment may have: what engines run, less the base's and the
     steps'; a StepFailed when too few are left for its buckets."""
-    steps = sum(s.instruction in ("RUN", "COPY", "ADD") for s in spec.steps())
+    steps = sum(s.instruction in ("RUN", "COPY", "ADD") for s in spec.image_steps())
     room = MAX_LAYERS - base_layers - steps
     if room < 2 * envlayers.BUCKETS + 1:
         raise StepFailed(

@@ -112,10 +112,7 @@ def steps_context(spec: EnvironmentSpec, stage: str, target: Path, build_id: str
     if spec.context is not None:
         copy_context(spec.context, target)
     name = f".dockerfile.envctl-{build_id}"
-    lines = [f"FROM {stage}", *(step.dockerfile_line() for step in spec.docker_steps)]
-    if spec.stages:  # every stage as written, the environment's starting from `stage`
-        lines = [line for each in spec.stages for line in each.dockerfile_lines(stage)]
-    (target / name).write_text("\n".join(lines) + "\n")
+    (target / name).write_text("\n".join(spec.dockerfile_lines(stage)) + "\n")
     ignore = target / ".dockerignore"
     # as the Docker CLI does for a Dockerfile from outside the context: list it in .dockerignore
     # (and .dockerignore itself when the user has none), so the daemon removes both

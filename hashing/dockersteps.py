@@ -161,6 +161,9 @@ def parse_instructions(text: str, source: str, first_line: int) -> tuple[DockerS
     steps = []
     for cmd in commands:
         line = cmd.start_line + first_line - 1
+        if not cmd.cmd:  # a line that is only a line continuation, with nothing after it
+            raise SpecError("a line continuation with no instruction after it", source=source,
+                            line=line)  # fmt: skip
         instruction = cmd.cmd.upper()
         if instruction not in _INSTRUCTIONS and instruction != "FROM":
             raise SpecError(f"unknown instruction {cmd.cmd!r}", source=source, line=line)
@@ -174,7 +177,19 @@ def parse_instructions(text: str, source: str, first_line: int) -> tuple[DockerS
         if instruction == "ONBUILD" and _ONBUILD_SUB_FLAGS.match(cmd.original):
             # nor does it keep the trigger's own flags (Docker stores the trigger's text): read
             # the trigger alone, so its flags are keyed and policed like any step's
-            flags = _trigger(cmd.original, source, line).flags
+            trigger = _trigger(cmd.original, source, line)
+            flags = trigger.flags
+            for flag in flags:
+                if flag.partition("=")[0] in ("--from", "--mount"):
+                    # it runs in whatever build uses the image as a base, where this spec's
+                    # stages mean nothing and its reads are nobody's to check
+                    raise SpecError(
+                        f"ONBUILD {trigger.instruction} {flag.partition('=')[0]} is not "
+                        "supported: a trigger reads images where the image is used, unchecked",
+                        source=source,
+                        line=line,
+                        field=f"ONBUILD {trigger.instruction} --from",
+                    )
         if not all(flag.isascii() for flag in flags):
             raise SpecError("an instruction's --flags must be ASCII", source=source, line=line)
         args = tuple(cmd.value)

@@ -32,7 +32,7 @@ from hashing.imageref import (
     normalize_platform,
     parse_image,
 )
-from hashing.stages import ParsedDockerfile, Stage, parse_docker_steps
+from hashing.stages import ParsedDockerfile, Stage, parse_docker_steps, qualified_sources
 from hashing.validate import VariableName, VariableValue, validate
 from hashing.yamldoc import Path, YamlDocument, load_yaml
 
@@ -107,9 +107,36 @@ class EnvironmentSpec:
         for stage in self.stages:
             yield from stage.steps
 
+    def dockerfile_lines(self, environment: str) -> list[str]:
+        """The Dockerfile the engine builds the docker steps from, `environment` being the
+        reference of the image envctl wrote: `FROM` it and the steps, or every stage with the
+        environment's starting from it. Every step reads back as it was keyed; SpecError for
+        one that cannot be written so (a resolve says so before a build is queued)."""
+        if not self.stages:
+            steps = (qualified_sources(s, frozenset()) for s in self.docker_steps)
+            return [f"FROM {environment}", *(step.dockerfile_line() for step in steps)]
+        lines: list[str] = []
+        for index, stage in enumerate(self.stages):
+            earlier = frozenset(s.name for s in self.stages[:index] if s.name is not None)
+            lines += stage.dockerfile_lines(environment, earlier)
+        return lines
+
     def stage_names(self) -> frozenset[str]:
         """The stages' `AS` names: a step's `--from` that names one reads no image."""
         return frozenset(s.name for s in self.stages if s.name is not None)
+
+    def image_steps(self) -> Iterator[DockerStep]:
+        """The steps whose layers the final image holds: the environment's, or with stages
+        those of the last stage and the stages it starts from (a stage copied from adds
+        only what is copied)."""
+        if not self.stages:
+            yield from self.docker_steps
+            return
+        names = {s.name: s for s in self.stages if s.name is not None}
+        stage: Stage | None = self.stages[-1]
+        while stage is not None:
+            yield from stage.steps
+            stage = names.get(stage.parent) if stage.parent is not None else None
 
     @property
     def has_steps(self) -> bool:

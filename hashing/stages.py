@@ -23,6 +23,10 @@ from hashing.errors import SpecError
 from hashing.imageref import ImageName, InvalidReference, normalize_platform, parse_image
 
 SCRATCH = "scratch"  # FROM scratch: an empty filesystem, no image to pull
+MAX_STAGES = 32  # stages in one Dockerfile; each FROM image is pinned, confirmed and pulled
+MAX_IMAGES = 16  # distinct images the stages start from
+MAX_VALUE = 1 << 16  # bytes of one build argument's value, once expanded (a line's worth)
+MAX_EXPANDED = 1 << 20  # bytes the build arguments' values add to a spec, all told
 ENVIRONMENT = "base_image"  # in envctl's docker_steps, the FROM of the environment's stage
 # Docker's rule for stage names (moby/buildkit's instructions.parse: validStageName)
 _STAGE_NAME = re.compile(r"^[a-z][a-z0-9\-_.]*$")
@@ -66,13 +70,36 @@ class Stage:
             "steps": [step.canonical() for step in self.steps],
         }
 
-    def dockerfile_lines(self, environment: str) -> Iterator[str]:
-        """The stage written out, `environment` being the reference of the environment's image;
-        a stage's image by name and digest, so the engine builds exactly what was keyed."""
+    def dockerfile_lines(self, environment: str, earlier: frozenset[str]) -> Iterator[str]:
+        """The stage written out, `environment` being the reference of the environment's image
+        and `earlier` the names of the stages before it; a stage's image by name and digest,
+        so the engine builds exactly what was keyed, and every image a step copies from by its
+        full name (`qualified_sources`)."""
         start = environment if self.is_environment else self.parent or str(self.image)
         flags = f"--platform={self.platform} " if self.platform else ""
         yield f"FROM {flags}{start}" + (f" AS {self.name}" if self.name else "")
-        yield from (step.dockerfile_line() for step in self.steps)
+        yield from (qualified_sources(step, earlier).dockerfile_line() for step in self.steps)
+
+
+def qualified_sources(step: DockerStep, stages: frozenset[str]) -> DockerStep:
+    """`step` with each image its `--from` names written in full (`busybox` as
+    `docker.io/library/busybox:latest`): the classic builder reads a short name that is no
+    stage as an image, and finds it among the engine's images by a prefix of their ids, where
+    another workspace's image may be; a full name is only ever a name. The same image, so the
+    same step to the key."""
+    if not any(flag.startswith("--from=") for flag in step.flags):
+        return step
+    flags = []
+    for flag in step.flags:
+        name, _, value = flag.partition("=")
+        if name == "--from" and not value.isdigit() and value.lower() not in stages:
+            try:
+                flag = f"--from={parse_image(value)}"
+            except InvalidReference as exc:
+                raise SpecError(str(exc), source=step.source or None, line=step.line or None,
+                                field=f"{step.instruction} --from") from None  # fmt: skip
+        flags.append(flag)
+    return replace(step, flags=tuple(flags), original="")
 
 
 @dataclass(frozen=True)
@@ -108,6 +135,7 @@ def parse_docker_steps(
     stages: earlier ones `FROM IMAGE AS NAME`, the environment's opened by `FROM base_image`."""
     commands = parse_instructions(text, source, first_line)
     if not any(c.instruction == "FROM" for c in commands):
+        check_references([Stage(None, None, None, None, commands)], source)
         return commands, ()
     stages = _stages(commands, source, environment=ENVIRONMENT)
     marked = [i for i, s in enumerate(stages) if s.is_environment]
@@ -117,6 +145,13 @@ def parse_docker_steps(
             f"once; found {len(marked)}",
             source=source,
             line=stages[marked[1]].line if marked else stages[0].line,
+        )
+    if stages[marked[0]].platform is not None:
+        raise SpecError(
+            f"FROM --platform on `FROM {ENVIRONMENT}`: the environment is built for the spec's "
+            "`platform:`; set it there",
+            source=source,
+            line=stages[marked[0]].line,
         )
     if _root(stages, len(stages) - 1) != marked[0]:
         raise SpecError(
@@ -164,7 +199,14 @@ def _stages(
     for before in commands[: froms[0]]:
         if before.instruction != "ARG":
             raise SpecError(f"{before.instruction} before FROM", source=source, line=before.line)
-    meta = _meta_args(commands[: froms[0]], source)
+    if len(froms) > MAX_STAGES:
+        raise SpecError(
+            f"{len(froms)} stages; envctl builds at most {MAX_STAGES}",
+            source=source,
+            line=commands[froms[MAX_STAGES]].line,
+        )
+    budget = _Budget(source)
+    meta = _meta_args(commands[: froms[0]], budget)
     defaults = {k: v for k, v in meta.items() if v is not None}
     stages: list[Stage] = []
     for n, start in enumerate(froms):
@@ -173,12 +215,39 @@ def _stages(
         if "$" in " ".join(frm.args + frm.flags):
             frm = replace(
                 frm,
-                args=tuple(_expand(a, meta, source, frm.line) for a in frm.args),
-                flags=tuple(_expand(f, meta, source, frm.line) for f in frm.flags),
+                args=tuple(_expand(a, meta, budget, frm.line) for a in frm.args),
+                flags=tuple(_expand(f, meta, budget, frm.line) for f in frm.flags),
             )
-        steps = tuple(_inherit_defaults(step, defaults) for step in commands[start + 1 : end])
+        steps = tuple(_inherit_defaults(s, defaults, budget) for s in commands[start + 1 : end])
         stages.append(_stage(frm, steps, stages, source, environment))
+    images = {s.image for s in stages if s.image is not None}
+    if len(images) > MAX_IMAGES:
+        raise SpecError(
+            f"the stages start from {len(images)} images; envctl builds from at most {MAX_IMAGES}",
+            source=source,
+        )
+    check_references(stages, source)
     return stages
+
+
+def check_references(stages: list[Stage] | tuple[Stage, ...], source: str) -> None:
+    """A step's `--from` may name an earlier stage (by name or index) or an image, never its
+    own stage or a later one: the classic builder knows a stage's name only once it is built,
+    and reads any other name as an image, found among the engine's images by a prefix of
+    their ids (another workspace's included). BuildKit refuses such a cycle too."""
+    names = [s.name for s in stages]
+    for index, stage in enumerate(stages):
+        for step in stage.steps:
+            for flag, value in step.image_flags():
+                later = value.lower() in names[index:] and value.lower() not in names[:index]
+                if later or (value.isdigit() and int(value) >= index):
+                    raise SpecError(
+                        f"{step.instruction} {flag}={value} names stage {value}, which is not "
+                        "built before this step: only an earlier stage can be copied from",
+                        source=step.source or source,
+                        line=step.line or None,
+                        field=f"{step.instruction} {flag}",
+                    )
 
 
 def _stage(
@@ -246,7 +315,29 @@ def _split(stages: list[Stage], root: int, source: str) -> ParsedDockerfile:
     )
 
 
-def _meta_args(before_from: tuple[DockerStep, ...], source: str) -> dict[str, str | None]:
+class _Budget:
+    """What expanding build arguments may add to a spec: a value may not pass MAX_VALUE, nor
+    all of them MAX_EXPANDED (a default made of others, `ARG B=$A$A$A…`, doubles with each
+    line, and a bare `ARG A` in every stage copies it again)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self._left = MAX_EXPANDED
+
+    def spend(self, value: str, line: int) -> str:
+        """`value`, counted; SpecError at `line` past either limit."""
+        self._left -= len(value)
+        if len(value) > MAX_VALUE or self._left < 0:
+            limit = MAX_VALUE if len(value) > MAX_VALUE else MAX_EXPANDED
+            raise SpecError(
+                f"build arguments expand to more than {limit:,} bytes here; write the value out",
+                source=self.source,
+                line=line,
+            )
+        return value
+
+
+def _meta_args(before_from: tuple[DockerStep, ...], budget: _Budget) -> dict[str, str | None]:
     """The build arguments declared before the first FROM, by name: each default (expanded
     with those declared before it, as Docker reads them), or None for one without."""
     meta: dict[str, str | None] = {}
@@ -254,18 +345,27 @@ def _meta_args(before_from: tuple[DockerStep, ...], source: str) -> dict[str, st
         for arg in step.args:
             name, eq, value = arg.partition("=")
             # as Docker's lexer reads a default: a name without a value is empty
-            meta[name] = _expand(value, meta, source, step.line, strict=False) if eq else None
+            meta[name] = _expand(value, meta, budget, step.line, strict=False) if eq else None
     return meta
 
 
 def _expand(
-    text: str, meta: dict[str, str | None], source: str, line: int, *, strict: bool = True
+    text: str, meta: dict[str, str | None], budget: _Budget, line: int, *, strict: bool = True
 ) -> str:
     """`text` with `$NAME`, `${NAME}`, `${NAME:-word}` and `${NAME:+word}` replaced from
     `meta`; when `strict` (a FROM), SpecError for a name without a value (envctl passes no
     --build-arg, and Docker would pull an image named by what is left)."""
 
+    made = [len(text)]  # what the expansion has grown to: stopped before it passes the limit
+
     def value(match: re.Match[str]) -> str:
+        out = _value(match)
+        made[0] += len(out)
+        if made[0] > MAX_VALUE:
+            budget.spend("x" * (MAX_VALUE + 1), line)  # raises, naming the limit
+        return out
+
+    def _value(match: re.Match[str]) -> str:
         name = match.group("braced") or match.group("bare")
         found = meta.get(name)
         if match.group("op") == "-":
@@ -279,20 +379,25 @@ def _expand(
             raise SpecError(
                 f"FROM uses the build argument {name}, which {why}; envctl passes no "
                 "--build-arg, so give it a default or write the image out",
-                source=source,
+                source=budget.source,
                 line=line,
             )
         return found
 
-    return _VARIABLE.sub(value, text)
+    if "$" not in text:
+        return text
+    return budget.spend(_VARIABLE.sub(value, text), line)
 
 
-def _inherit_defaults(step: DockerStep, defaults: dict[str, str]) -> DockerStep:
+def _inherit_defaults(step: DockerStep, defaults: dict[str, str], budget: _Budget) -> DockerStep:
     """Write a global ARG's default into the stage's bare `ARG NAME`, as Docker applies it,
     so the key (and the Dockerfile envctl writes, which has no global ARG) carries it."""
     if step.instruction != "ARG" or not defaults:
         return step
     args = tuple(
-        f"{arg}={defaults[arg]}" if "=" not in arg and arg in defaults else arg for arg in step.args
+        f"{arg}={budget.spend(defaults[arg], step.line)}"
+        if "=" not in arg and arg in defaults
+        else arg
+        for arg in step.args
     )
     return step if args == step.args else replace(step, args=args)

@@ -263,6 +263,7 @@ class EnvironmentService:
         refusal = classic_builder_refusal(tuple(spec.steps()))
         if refusal is not None:  # said now, not by the engine once a build has started
             raise refusal
+        spec.dockerfile_lines("environment")  # a step that cannot be written: said now, too
         body, files = stored_request(request)
         plan = {
             "request": body,

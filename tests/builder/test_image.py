@@ -296,3 +296,23 @@ def test_envctl_steps_with_a_stage_and_a_last_stage_from_the_environments(
     lines = out.splitlines()
     assert "hello from envctl-hello 2.0" in lines  # envctl-greet ran in the environment's stage
     assert lines[-1] == "tool"
+
+
+def test_a_base_with_onbuild_triggers_is_refused_and_nothing_is_tagged(
+    cli: CliRunner, workspace: OciRegistry, services: Services, tmp_path: Path
+) -> None:
+    """Docker runs a base's triggers in the build FROM it; envctl writes the image itself and
+    runs none, and a docker step FROM it would run them, reading images no one checked."""
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "Dockerfile").write_text(
+        f"FROM {services.busybox_image}\nONBUILD COPY --from=cafe / /loot\n"
+    )
+    base = f"{workspace.address}/with-triggers:{uuid.uuid4().hex[:8]}"
+    docker(services, "build", "-q", "-t", base, str(tmp_path / "base"))
+    docker(services, "push", base)
+    spec = _spec(tmp_path, "{dependencies: [envctl-greet]}", base=base)
+    result = cli.invoke(app, ["resolve", "--json", str(spec)])
+    assert result.exit_code == 1, result.stderr
+    assert "has ONBUILD triggers" in result.stderr
+    key = json.loads(cli.invoke(app, ["hash", "--json", str(spec)]).stdout)[0]["key"]
+    assert workspace.resolve(key) is None  # nothing tagged

@@ -45,9 +45,9 @@ def test_each_stage_is_read_and_the_environment_goes_under_the_last() -> None:
     assert final.is_environment
     assert final.line == 5
     assert [s.instruction for s in final.steps] == ["COPY", "COPY", "RUN"]
-    written = list(build.dockerfile_lines("env")) + list(final.dockerfile_lines("env"))
+    written = _spec(BUILD_THEN_RUN).dockerfile_lines("env")
     assert written[0] == f"FROM docker.io/library/busybox@{A} AS build"
-    assert written[2] == "FROM env"
+    assert written[2:5] == ["FROM env", "COPY --from=build /out /out", "COPY --from=0 /out /again"]
 
 
 def test_a_final_stage_from_an_earlier_one_puts_the_environment_at_the_chains_root() -> None:
@@ -63,7 +63,9 @@ def test_a_final_stage_from_an_earlier_one_puts_the_environment_at_the_chains_ro
     assert root.is_environment
     assert root.name == "root_image"
     assert (tool.image is not None, prod.parent, dev.parent) == (True, "root_image", "prod")
-    assert next(prod.dockerfile_lines("env")) == "FROM root_image AS prod"
+    assert next(prod.dockerfile_lines("env", frozenset({"root_image", "tool"}))) == (
+        "FROM root_image AS prod"
+    )
 
 
 def test_a_single_stage_is_read_as_it_always_was() -> None:
@@ -195,3 +197,93 @@ def test_an_onbuild_triggers_flags_are_kept_and_keyed() -> None:
     assert one.flags == ("--chown=a",)
     assert one.dockerfile_line() == "ONBUILD COPY --chown=a . /home"
     assert parse_steps(one.dockerfile_line(), "again") == (one,)
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        # the classic builder knows a stage's name once it is built: any other name is an image,
+        # looked up among the engine's images by a prefix of their ids (another tenant's too)
+        (f"FROM a@{A} AS cafe\nCOPY --from=cafe / /loot\n", 2),
+        (f"FROM a@{A} AS build\nCOPY --from=cafe / /loot\nFROM b@{B} AS cafe\nFROM build\n", 2),
+        (f"FROM a@{A}\nCOPY --from=0 / /x\n", 2),
+        (f"FROM a@{A} AS x\nFROM b@{B}\nCOPY --from=1 / /x\n", 3),
+    ],
+)
+def test_a_from_that_is_no_earlier_stage_is_refused(text: str, line: int) -> None:
+    with pytest.raises(SpecError, match="not built before this step") as caught:
+        parse_dockerfile(text, "Dockerfile")
+    assert caught.value.line == line
+
+
+def test_plain_steps_have_no_stage_to_copy_from() -> None:
+    with pytest.raises(SpecError, match="not built before this step"):
+        parse_docker_steps("COPY --from=0 / /x\n", "spec.yml")
+
+
+def test_an_image_a_step_copies_from_is_written_in_full_for_the_engine() -> None:
+    head = f"base_image: debian@{B}\ndocker_steps: |\n"
+    plain = complete_spec(parse_spec_text(head + "  COPY --from=cafe / /x\n", "s.yml"))
+    assert plain.dockerfile_lines("env")[1] == "COPY --from=docker.io/library/cafe:latest / /x"
+    staged = _spec(
+        f"FROM a@{A} AS tools\nFROM b@{B}\nCOPY --from=tools / /t\nCOPY --from=cafe / /c\n"
+    )
+    lines = staged.dockerfile_lines("env")
+    assert lines[-2:] == [
+        "COPY --from=tools / /t",
+        "COPY --from=docker.io/library/cafe:latest / /c",
+    ]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "ONBUILD COPY --from=victim/image:1 / /loot\n",
+        "ONBUILD ADD --from=0 / /loot\n",
+        "ONBUILD RUN --mount=type=bind,from=x,target=/v true\n",
+    ],
+)
+def test_an_onbuild_trigger_that_reads_an_image_is_refused(text: str) -> None:
+    with pytest.raises(SpecError, match=r"ONBUILD \w+ --\w+ is not supported"):
+        parse_steps(text, "spec.yml")
+
+
+def test_build_arguments_that_expand_past_the_limit_are_refused_at_once() -> None:
+    doubling = f"ARG A={'x' * 1000}\nARG B={'$A' * 100}\nARG C={'$B' * 100}\n"
+    with pytest.raises(SpecError, match="build arguments expand to more than") as caught:
+        parse_dockerfile(doubling + f"FROM a@{A}\nARG C\n", "Dockerfile")
+    assert caught.value.line == 2  # B is already 100 kB: stopped there, C is never made
+    copies = f"ARG A={'x' * 10_000}\nFROM a@{A}\n" + "ARG A\n" * 200
+    with pytest.raises(SpecError, match="1,048,576 bytes"):
+        parse_dockerfile(copies, "Dockerfile")
+
+
+def test_stages_and_their_images_are_bounded() -> None:
+    many = "".join(f"FROM a@{A} AS s{n}\n" for n in range(40))
+    with pytest.raises(SpecError, match="40 stages; envctl builds at most 32") as caught:
+        parse_dockerfile(many, "Dockerfile")
+    assert caught.value.line == 33
+    images = "".join(f"FROM img{n}@{A} AS s{n}\n" for n in range(20))
+    with pytest.raises(SpecError, match="from 20 images"):
+        parse_dockerfile(images, "Dockerfile")
+
+
+def test_a_platform_on_the_environments_stage_is_the_specs_to_say() -> None:
+    with pytest.raises(SpecError, match="set it there"):
+        parse_docker_steps("FROM --platform=linux/arm64 base_image\nRUN true\n", "spec.yml")
+
+
+def test_a_line_that_is_only_a_continuation_is_an_error_not_a_crash() -> None:
+    with pytest.raises(SpecError, match="line continuation") as caught:
+        parse_steps("RUN true\n\\\n", "spec.yml")
+    assert caught.value.line == 2
+
+
+def test_only_the_last_stages_chain_makes_layers_of_the_image() -> None:
+    text = (
+        f"FROM a@{A} AS build\n"
+        + "RUN x\n" * 90
+        + f"FROM b@{B} AS env\nRUN y\nFROM env\nCOPY --from=build / /\n"
+    )
+    spec = _spec(text)
+    assert [s.instruction for s in spec.image_steps()] == ["COPY", "RUN"]

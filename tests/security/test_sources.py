@@ -102,6 +102,29 @@ def test_another_workspaces_image_as_a_stage_is_refused(
     assert "may read" in error["message"], error
 
 
+@pytest.mark.parametrize(
+    "steps",
+    [
+        ("FROM base_image AS cafe", "COPY --from=cafe / /loot"),  # its own stage
+        ("COPY --from=0 / /loot",),  # no earlier stage
+        ("FROM base_image AS env", "COPY --from=later / /loot", "FROM env AS later"),
+    ],
+)
+def test_a_from_that_the_engine_would_read_as_an_image_by_id_prefix_is_refused(
+    two: tuple[Deployment, EnvctlServer, Tenant, Tenant, str],
+    services: Services,
+    steps: tuple[str, ...],
+) -> None:
+    """The classic builder names a stage only once it is built: `--from=cafe` inside stage
+    cafe, or before a later stage cafe, is an image to it, found among the engine's images by
+    a prefix of their ids (`cafe…` may be another workspace's). Refused where it is written."""
+    _, server, _, attacker, _ = two
+    answer = _post(server, attacker, f"/v1/workspaces/{attacker.name}/resolve",
+                   _steps(services, *steps))  # fmt: skip
+    error = _refused(answer, 3 + next(i for i, s in enumerate(steps) if "--from" in s), "from")
+    assert "not built before this step" in error["message"], error
+
+
 def test_a_buildkit_step_is_refused_before_a_build_starts(
     two: tuple[Deployment, EnvctlServer, Tenant, Tenant, str], services: Services
 ) -> None:
