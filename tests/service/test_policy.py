@@ -46,8 +46,11 @@ def test_the_most_specific_prefix_decides(image: str, may: bool) -> None:
         )  # fmt: skip
 
 
-def test_a_stage_index_is_not_an_image() -> None:
-    POLICY.check(_spec("base_image: python:3\ndocker_steps: COPY --from=0 /a /b\n"))
+def test_an_earlier_stage_by_index_or_name_is_not_an_image() -> None:
+    steps = "  FROM python:3 AS tools\n  FROM base_image\n  COPY --from=0 /a /b\n"
+    POLICY.check(
+        _spec(f"base_image: python:3\ndocker_steps: |\n{steps}  COPY --from=TOOLS /a /c\n")
+    )
 
 
 def test_url_sources_when_allowed_reach_public_addresses_only() -> None:
