@@ -1,12 +1,17 @@
-"""`envctl serve`, `envctl workspace …` and `envctl token …`: running the service and managing
-its tenants. These act on the database directly (`ENVCTL_DATABASE_URL`), as an operator on the
-server's host does; runners only ever see the HTTP API.
+"""`envctl serve`, `envctl worker`, `envctl workspace …` and `envctl token …`: running the
+service and its build workers, and managing its tenants. These act on the database directly
+(`ENVCTL_DATABASE_URL`), as an operator on the server's host does; runners only ever see the
+HTTP API.
 """
 
 from __future__ import annotations
 
+import logging
 import re
+import signal
 import sys
+import threading
+from dataclasses import replace
 from typing import Annotated
 
 import typer
@@ -19,7 +24,7 @@ from hashing import SpecError, goparse
 from registry.auth import Credentials
 from registry.open import open_registry
 from service.records import Workspace
-from service.settings import Settings
+from service.settings import ServiceLimits, Settings
 from service.store import BuildStore, WorkspaceExists
 
 WORKSPACE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
@@ -61,6 +66,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(workspace_app, name="workspace")
     app.add_typer(token_app, name="token")
     app.command("serve")(serve_command)
+    app.command("worker")(worker_command)
 
 
 def _settings(ctx: typer.Context) -> Settings:
@@ -92,6 +98,58 @@ def serve_command(
         access_log=access_log,
         timeout_graceful_shutdown=5,
     )
+
+
+def worker_command(
+    ctx: typer.Context,
+    concurrency: Annotated[
+        int | None,
+        typer.Option("--concurrency", min=1, help="Builds run at once (default: ENVCTL_WORKERS)."),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address of --port.")] = "127.0.0.1",
+    port: Annotated[
+        int | None,
+        typer.Option(help="Serve /healthz, /readyz and /metrics on this port (default: none)."),
+    ] = None,
+) -> None:
+    """Run builds and nothing else: claim queued builds from the database
+    (ENVCTL_DATABASE_URL, shared with the servers) and run them on this host's engine
+    (DOCKER_HOST), until SIGTERM or SIGINT, which put the builds running here back in the
+    queue. Any number of workers may run, on any number of hosts."""
+    from service.compose import build_core
+
+    settings = _settings(ctx)
+    workers = concurrency if concurrency is not None else settings.workers
+    if workers < 1:
+        raise SpecError("a worker runs at least one build at a time", source="--concurrency")
+    goparse.isolate()  # a worker reads hostile Dockerfiles: never in its own memory
+    core = build_core(settings, limits=replace(ServiceLimits.of(settings), workers=workers))
+    if port is not None:
+        import uvicorn
+
+        from api.worker import create_worker_app
+
+        uvicorn.run(
+            create_worker_app(core),
+            host=host,
+            port=port,
+            log_level="info",
+            access_log=False,
+            timeout_graceful_shutdown=5,
+        )
+        return
+    from api.worker import start_workers
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(name)s: %(message)s")
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    start_workers(core)
+    try:
+        stop.wait()
+    finally:
+        core.workers.stop()
+        core.close()
 
 
 @workspace_app.command("add")
