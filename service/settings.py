@@ -10,8 +10,8 @@ passed down. Environment variables win over the file.
     ENVCTL_INSECURE_REGISTRIES     comma-separated hosts reached over plain HTTP (and loopback)
     ENVCTL_REGISTRY_TIMEOUT        seconds
     ENVCTL_HOME                    envctl's own data (default: $XDG_DATA_HOME/envctl): the
-                                   embedded registry `oci:$ENVCTL_HOME/registry`, the package
-                                   cache, build folders, build locks and remembered failures
+                                   embedded registry `oci:$ENVCTL_HOME/registry`, the embedded
+                                   database, the package and layer caches, build folders
     ENVCTL_CHANNELS                comma-separated conda channels (URLs or names), in priority
                                    order; they replace the spec's own channels
     ENVCTL_BUILD_TIMEOUT           seconds of running time a build may take (default 3600)
