@@ -11,7 +11,9 @@ scrape; the API servers count requests and hits.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Response
@@ -19,16 +21,20 @@ from fastapi.responses import JSONResponse
 
 from service.compose import Core
 from service.service import run_blocking
+from service.workers import Workers
 
 log = logging.getLogger("envctl.worker")
 
 
-def create_worker_app(core: Core) -> FastAPI:
-    """The probes and metrics of a worker process whose workers start and stop with the app."""
+def create_worker_app(
+    core: Core, *, exit_when_idle: float | None = None, stop: Callable[[], None] | None = None
+) -> FastAPI:
+    """The probes and metrics of a worker process whose workers start and stop with the app
+    (see `start_workers`)."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        start_workers(core)
+        start_workers(core, exit_when_idle=exit_when_idle, stop=stop)
         try:
             yield
         finally:
@@ -58,10 +64,25 @@ def create_worker_app(core: Core) -> FastAPI:
     return app
 
 
-def start_workers(core: Core) -> None:
-    """Log what the settings leave open, then start the build threads and the lease keeper."""
+def start_workers(
+    core: Core, *, exit_when_idle: float | None = None, stop: Callable[[], None] | None = None
+) -> None:
+    """Log what the settings leave open, then start the build threads and the lease keeper;
+    with `exit_when_idle`, call `stop` (which ends the process as SIGTERM would, but exits 0)
+    once no build ran here for that many seconds: a batch of workers ends with the queue."""
     for line in core.settings.exposures():
         log.warning("exposure: %s", line)
     log.info("envctl worker %s: %d build threads", core.workers.owner.rpartition(":")[2],
              core.limits.workers)  # fmt: skip
     core.workers.start()
+    if exit_when_idle is not None and stop is not None:
+        threading.Thread(
+            target=_exit_when_idle, args=(core.workers, exit_when_idle, stop), daemon=True
+        ).start()
+
+
+def _exit_when_idle(workers: Workers, seconds: float, stop: Callable[[], None]) -> None:
+    while workers.idle_seconds < seconds:
+        time.sleep(min(1.0, seconds / 4))  # polling the idle time, not synchronisation
+    log.info("no build for %g s: exiting", seconds)
+    stop()

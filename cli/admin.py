@@ -111,6 +111,14 @@ def worker_command(
         int | None,
         typer.Option(help="Serve /healthz, /readyz and /metrics on this port (default: none)."),
     ] = None,
+    exit_when_idle: Annotated[
+        float | None,
+        typer.Option(
+            "--exit-when-idle",
+            min=0.1,
+            help="Exit (0) once no build ran here for this many seconds (a batch Job's worker).",
+        ),
+    ] = None,
 ) -> None:
     """Run builds and nothing else: claim queued builds from the database
     (ENVCTL_DATABASE_URL, shared with the servers) and run them on this host's engine
@@ -124,32 +132,51 @@ def worker_command(
         raise SpecError("a worker runs at least one build at a time", source="--concurrency")
     goparse.isolate()  # a worker reads hostile Dockerfiles: never in its own memory
     core = build_core(settings, limits=replace(ServiceLimits.of(settings), workers=workers))
+    _log_envctl()
     if port is not None:
         import uvicorn
 
         from api.worker import create_worker_app
 
-        uvicorn.run(
-            create_worker_app(core),
+        server: uvicorn.Server | None = None
+
+        def stop_server() -> None:
+            if server is not None:
+                server.should_exit = True  # as SIGTERM does, but the exit code stays 0
+
+        app = create_worker_app(core, exit_when_idle=exit_when_idle, stop=stop_server)
+        config = uvicorn.Config(
+            app,
             host=host,
             port=port,
             log_level="info",
             access_log=False,
             timeout_graceful_shutdown=5,
         )
+        server = uvicorn.Server(config)
+        server.run()
         return
     from api.worker import start_workers
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(name)s: %(message)s")
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    start_workers(core)
+    start_workers(core, exit_when_idle=exit_when_idle, stop=stop.set)
     try:
         stop.wait()
     finally:
         core.workers.stop()
         core.close()
+
+
+def _log_envctl() -> None:
+    """envctl's own log lines to stderr, from INFO up (uvicorn configures only its own
+    loggers; the libraries' own stay at WARNING)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(name)s: %(message)s"))
+    envctl = logging.getLogger("envctl")
+    envctl.addHandler(handler)
+    envctl.setLevel(logging.INFO)
 
 
 @workspace_app.command("add")

@@ -77,6 +77,7 @@ class Workers:
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._running: dict[str, BuildRecord] = {}  # builds this process runs, by id
+        self._busy_at = time.monotonic()  # when a build last ran here (or the workers began)
 
     def start(self) -> None:
         """Recover builds whose process died, then start the workers and the lease keeper."""
@@ -110,6 +111,11 @@ class Workers:
     def running(self) -> int:
         """How many builds this process runs now."""
         return len(self._running)
+
+    @property
+    def idle_seconds(self) -> float:
+        """How long this process has run no build (0 while one runs)."""
+        return 0.0 if self._running else time.monotonic() - self._busy_at
 
     def _work(self) -> None:
         while not self._stopping.is_set():
@@ -184,6 +190,7 @@ class Workers:
         finally:
             self.metrics.build_seconds.observe(time.monotonic() - started)
             self._running.pop(record.id, None)
+            self._busy_at = time.monotonic()
             self.hub.finish(record.id)
             self._sweep_files()
 

@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,10 +84,17 @@ class EnvctlServer:
     again on one port."""
 
     def __init__(
-        self, name: str, env: Mapping[str, str], log: Path, *, command: str = "serve"
+        self,
+        name: str,
+        env: Mapping[str, str],
+        log: Path,
+        *,
+        command: str = "serve",
+        args: Sequence[str] = (),
     ) -> None:
         self.name = name
         self.command = command
+        self.args = list(args)
         self.env = dict(env)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -104,7 +111,7 @@ class EnvctlServer:
             out.write(f"--- start {self.starts}\n".encode())
             out.flush()
             self.process = subprocess.Popen(
-                [ENVCTL, self.command, "--host", "127.0.0.1", "--port", str(self.port)],
+                [ENVCTL, self.command, "--host", "127.0.0.1", "--port", str(self.port), *self.args],
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
@@ -246,16 +253,18 @@ class Deployment:
         env: Mapping[str, str] | None = None,
         home: Path | None = None,
         wait: bool = True,
+        args: Sequence[str] = (),
     ) -> EnvctlServer:
         """Start an `envctl worker` on this deployment's database, as `serve` starts a server
         (its /healthz is polled the same way); `env` may give it an engine of its own
-        (DOCKER_HOST), `home` its own ENVCTL_HOME (layer cache, build folders)."""
+        (DOCKER_HOST), `home` its own ENVCTL_HOME (layer cache, build folders), `args` more
+        options."""
         name = name or f"worker-{len(self.servers) + 1}"
         extra = dict(env or {})
         if home is not None:
             extra["ENVCTL_HOME"] = str(home)
         worker = EnvctlServer(
-            name, {**self.env, **extra}, self.root / f"{name}.log", command="worker"
+            name, {**self.env, **extra}, self.root / f"{name}.log", command="worker", args=args
         )
         self.servers.append(worker)
         return worker.start(wait=wait)

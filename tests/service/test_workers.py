@@ -217,6 +217,37 @@ def test_a_failure_remembered_by_one_worker_is_answered_by_the_other(
     assert "remembered" not in str(forced.value), "--force-rebuild builds again"
 
 
+def test_a_batch_worker_builds_what_is_queued_then_exits_when_idle(
+    cluster: Cluster, services: Services
+) -> None:
+    """`envctl worker --exit-when-idle S`, as a Kubernetes Job runs it: the queue's builds,
+    then exit 0 once nothing ran for S seconds."""
+    for worker in cluster.workers:  # the batch worker alone claims
+        worker.stop()
+    try:
+        with _client(cluster, cluster.servers[0]) as envctl:
+            queued = envctl.resolve(_spec(services, f"batch-{uuid.uuid4().hex[:8]}"))
+            assert not isinstance(queued, ImageView), "a new spec is a build"
+            batch = cluster.deployment.worker(
+                name="batch",
+                env={"DOCKER_HOST": services.second_docker_host, "ENVCTL_WORKERS": "1"},
+                home=cluster.deployment.root / "batch-home",
+                args=["--exit-when-idle", "2"],
+                wait=False,
+            )
+            assert batch.process is not None
+            process = batch.process
+            done = envctl.build(queued.build_id, wait=60)
+            assert done.status == "succeeded", done
+            assert cluster.build(queued.build_id)["owner"].split(":")[1] == str(process.pid)
+            assert process.wait(timeout=30) == 0, batch.log_tail()
+            batch.process = None  # exited by itself
+    finally:
+        for worker in cluster.workers:
+            cluster.restart(worker)
+    assert "no build for 2 s: exiting" in batch.log_tail()
+
+
 def test_a_worker_killed_mid_build_has_its_build_finished_by_the_other(
     cluster: Cluster, services: Services
 ) -> None:
