@@ -34,12 +34,12 @@ from client.errors import BodyTooLarge, NotFound, QueueFull, Unauthorized
 from client.models import BuildView, ErrorView, HashView, ImageView, LogEventView
 from hashing import EnvctlError, SpecError, canonical_inputs, compute_key
 from hashing.errors import Kind
+from service.compose import environment_service
 from service.errors import http_status, kind_of, public_message
 from service.metrics import ServiceMetrics
 from service.records import GLOBAL_WORKSPACE, BuildRecord, LogLine, Token
 from service.service import EnvironmentService, run_blocking
 from service.settings import Settings
-from service.store import BuildStore
 from service.views import build_view
 from specio.request import ResolveRequest
 
@@ -83,7 +83,7 @@ def create_app(
     """The API over `service` (by default one on `settings.database`), started and stopped
     with the app."""
     if service is None:
-        service = EnvironmentService(settings, BuildStore(settings.database))
+        service = environment_service(settings)
     svc = service
 
     @asynccontextmanager

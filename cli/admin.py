@@ -1,13 +1,18 @@
-"""`envctl serve`, `envctl workspace …` and `envctl token …`: running the service and managing
-its tenants. These act on the database directly (`ENVCTL_DATABASE_URL`), as an operator on the
-server's host does; runners only ever see the HTTP API.
+"""`envctl serve`, `envctl worker`, `envctl workspace …` and `envctl token …`: running the
+service and its build workers, and managing its tenants. These act on the database directly
+(`ENVCTL_DATABASE_URL`), as an operator on the server's host does; runners only ever see the
+HTTP API.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import re
+import signal
 import sys
+import threading
+from dataclasses import replace
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -61,10 +66,11 @@ def default_registry(settings: Settings, name: str) -> str:
 
 
 def register(app: typer.Typer) -> None:
-    """Add `serve`, `workspace` and `token` to the CLI (their errors reach `cli.main`)."""
+    """Add `serve`, `worker`, `workspace` and `token` to the CLI (errors reach its boundary)."""
     app.add_typer(workspace_app, name="workspace")
     app.add_typer(token_app, name="token")
     app.command("serve")(serve_command)
+    app.command("worker")(worker_command)
 
 
 @functools.cache
@@ -112,6 +118,87 @@ def serve_command(
         access_log=access_log,
         timeout_graceful_shutdown=5,
     )
+
+
+def worker_command(
+    ctx: typer.Context,
+    concurrency: Annotated[
+        int | None,
+        typer.Option("--concurrency", min=1, help="Builds run at once (default: ENVCTL_WORKERS)."),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address of --port.")] = "127.0.0.1",
+    port: Annotated[
+        int | None,
+        typer.Option(help="Serve /healthz, /readyz and /metrics on this port (default: none)."),
+    ] = None,
+    exit_when_idle: Annotated[
+        float | None,
+        typer.Option(
+            "--exit-when-idle",
+            min=0.1,
+            help="Exit (0) once no build ran here for this many seconds (a batch Job's worker).",
+        ),
+    ] = None,
+) -> None:
+    """Run builds and nothing else: claim queued builds from the database
+    (ENVCTL_DATABASE_URL, shared with the servers) and run them on this host's engine
+    (DOCKER_HOST), until SIGTERM or SIGINT, which put the builds running here back in the
+    queue. Any number of workers may run, on any number of hosts."""
+    from hashing import goparse
+    from service.compose import build_core
+    from service.settings import ServiceLimits
+
+    settings = _settings(ctx)
+    workers = concurrency if concurrency is not None else settings.workers
+    if workers < 1:
+        raise SpecError("a worker runs at least one build at a time", source="--concurrency")
+    goparse.isolate()  # a worker reads hostile Dockerfiles: never in its own memory
+    core = build_core(settings, limits=replace(ServiceLimits.of(settings), workers=workers))
+    _log_envctl()
+    if port is not None:
+        import uvicorn
+
+        from api.worker import create_worker_app
+
+        server: uvicorn.Server | None = None
+
+        def stop_server() -> None:
+            if server is not None:
+                server.should_exit = True  # as SIGTERM does, but the exit code stays 0
+
+        app = create_worker_app(core, exit_when_idle=exit_when_idle, stop=stop_server)
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level="info",
+            access_log=False,
+            timeout_graceful_shutdown=5,
+        )
+        server = uvicorn.Server(config)
+        server.run()
+        return
+    from api.worker import start_workers
+
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    start_workers(core, exit_when_idle=exit_when_idle, stop=stop.set)
+    try:
+        stop.wait()
+    finally:
+        core.workers.stop()
+        core.close()
+
+
+def _log_envctl() -> None:
+    """envctl's own log lines to stderr, from INFO up (uvicorn configures only its own
+    loggers; the libraries' own stay at WARNING)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(name)s: %(message)s"))
+    envctl = logging.getLogger("envctl")
+    envctl.addHandler(handler)
+    envctl.setLevel(logging.INFO)
 
 
 @workspace_app.command("add")

@@ -21,10 +21,9 @@ from client.errors import NotFound
 from client.http import OnLog, image_after
 from client.models import BuildView, HashView, ImageView, LogEventView
 from hashing import canonical_inputs, compute_key
+from service.compose import environment_service
 from service.records import BuildRecord, LogLine, Workspace
-from service.service import EnvironmentService, ServiceLimits
-from service.settings import Settings
-from service.store import BuildStore
+from service.settings import ServiceLimits, Settings
 from service.views import build_view
 from specio.request import ResolveRequest
 
@@ -35,13 +34,16 @@ class LocalEnvironments:
     def __init__(self, settings: Settings, *, workspace: Workspace | None = None) -> None:
         self.settings = settings
         self.workspace = settings.workspace if workspace is None else workspace.name
-        store = BuildStore(settings.database)
         registry = settings.workspace_registry or settings.embedded_registry
         own = workspace or Workspace(self.workspace, registry, created_at=datetime.now(UTC))
-        self._service = EnvironmentService(
+        self._service = environment_service(
             settings,
-            store,
-            limits=ServiceLimits(workers=0, max_running=1 << 16, max_queued=1 << 16),
+            limits=ServiceLimits(
+                workers=0,
+                max_running=1 << 16,
+                max_queued=1 << 16,
+                lease_seconds=settings.lease_seconds,
+            ),
             workspaces={own.name: own},
             policed=False,
         )

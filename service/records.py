@@ -69,6 +69,20 @@ class BuildRecord:
 
 
 @dataclass(frozen=True)
+class FailureRecord:
+    """A key's deterministic build failure, remembered in its workspace until a forced rebuild:
+    every worker and server on the database answers it for that key."""
+
+    workspace: str
+    key: str
+    kind: str  # the error's class name: SolveError, StepFailed, LayerError
+    message: str
+    build_id: str | None
+    log_tail: str
+    failed_at: datetime
+
+
+@dataclass(frozen=True)
 class LogLine:
     """One line of a build's log; `seq` counts from 1 and is the SSE event id."""
 

@@ -11,7 +11,8 @@ there, so that every process sharing the database can answer for every build. A 
 dies mid-build leaves a running record whose lease runs out (or whose process this host can
 see is gone): any process then puts it back in the queue, and the next worker runs it again.
 
-The HTTP app (`api.app`) and the embedded CLI both call this class.
+The HTTP app (`api.app`) and the embedded CLI both call this class; `service.compose` builds
+it from settings, with the workers it runs (none on a server whose builds `envctl worker`s run).
 """
 
 from __future__ import annotations
@@ -19,23 +20,17 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
-import socket
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
-import xxhash
 from anyio import CapacityLimiter, to_thread
-from pydantic_core import PydanticSerializationError
 from sqlalchemy.exc import SQLAlchemyError
 
 from builder.docker import DockerBuilder
 from client.errors import NotFound, QueueFull
-from hashing import EnvironmentSpec, EnvKey, SpecError, compute_key, parse_image_at
+from hashing import EnvironmentSpec, EnvKey, compute_key
 from hashing.errors import Kind
 from hashing.stages import classic_builder_refusal
 from registry import DigestResolver
@@ -45,33 +40,20 @@ from service.errors import kind_of
 from service.loghub import LogHub
 from service.metrics import ServiceMetrics
 from service.policy import Prefix, SourcePolicy, shared_sources
-from service.records import BuildRecord, LogLine, Workspace
-from service.settings import Settings
+from service.records import BuildRecord, LogLine
+from service.settings import ServiceLimits, Settings
+from service.specs import SPEC_MEMO, SpecReader, fingerprint
 from service.store import BuildStore, QueueLimit
 from service.tenants import Memo, Tenants
 from service.workers import Workers
-from specio.request import ResolveRequest, spec_from_request, stored_request
+from specio.request import ResolveRequest, stored_request
 
 log = logging.getLogger("envctl.service")
-DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
-SPEC_MEMO = 4096  # specs remembered by request content (a few KB each)
 POLICY_TTL = 5.0  # seconds a workspace's source policy (the other workspaces) is trusted
 WORKSPACE_THREADS = 4  # blocking calls (registries, tag resolution) of one workspace at once
 OUTAGE_GRACE = 60.0  # seconds a waiting caller's database reads ride out an outage
 RETRY_AFTER = 30  # seconds a client told "queue full" waits before asking again
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class ServiceLimits:
-    """How much one service process and one workspace may do at once."""
-
-    workers: int = 2  # builds this process runs at once
-    max_running: int = 2  # per workspace, across every process
-    max_queued: int = 32  # per workspace; beyond it resolve answers 429
-    lease_seconds: float = 30.0  # a running build's owner renews it every third of this
-    poll_seconds: float = 1.0  # how often to look for work and outcomes of other processes
-    files_kept_seconds: float = 60.0  # request files no active build needs are kept this long
 
 
 @dataclass(frozen=True)
@@ -91,52 +73,38 @@ class EnvironmentService:
         settings: Settings,
         store: BuildStore,
         *,
-        limits: ServiceLimits | None = None,
-        hub: LogHub | None = None,
-        metrics: ServiceMetrics | None = None,
-        workspaces: Mapping[str, Workspace] | None = None,
+        tenants: Tenants,
+        specs: SpecReader,
+        workers: Workers,
+        engine: DockerBuilder,
+        limits: ServiceLimits,
+        hub: LogHub,
+        metrics: ServiceMetrics,
         policed: bool = True,
     ) -> None:
-        """`workspaces`, when given, are the only ones served, whatever the database holds
-        (the embedded CLI's single workspace, configured by its settings). `policed=False`
-        trusts every spec (the embedded CLI: its user reads what the host's user may anyway);
-        a server checks each workspace's specs against its source policy."""
+        """The service over `store` and the workspaces `tenants` opens; `workers` run its
+        builds here (none when `limits.workers` is 0: `envctl worker`s run them, or the
+        embedded CLI's `run_queued`). `policed=False` trusts every spec (the embedded CLI:
+        its user reads what the host's user may anyway); a server checks each workspace's
+        specs against its source policy. `service.compose` builds one from settings."""
         self.settings = settings
         self.store = store
         self.policed = policed
-        self.limits = limits or ServiceLimits(
-            workers=settings.workers,
-            max_running=settings.max_running,
-            max_queued=settings.max_queued,
-        )
-        self.hub = hub or LogHub()
-        self.metrics = metrics or ServiceMetrics(store.queue_length)
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.limits = limits
+        self.hub = hub
+        self.metrics = metrics
+        self.engine = engine
+        self.tenants = tenants
+        self.specs = specs
+        self.workers = workers
         self.digests = DigestResolver(
             insecure=settings.insecure_registries,
             timeout=settings.registry_timeout,
             ttl=settings.tag_ttl,
         )
-        self.engine = DockerBuilder(
-            base_url=settings.docker_host or DEFAULT_DOCKER_HOST,
-            timeout=settings.build_timeout,
-            memory=settings.build_memory,
-            cpus=settings.build_cpus,
-            network=settings.build_network,  # type: ignore[arg-type]
-            cgroup_parent=settings.build_cgroup_parent,
-        )
-        default = settings.default_base_image
-        self._default_base = (
-            None if default is None else parse_image_at(default, "ENVCTL_BASE_IMAGE")
-        )
-        self.tenants = Tenants(
-            settings, store, self.engine, workspaces, self._default_base, policed=policed
-        )
-        self._specs: Memo[EnvironmentSpec] = Memo(SPEC_MEMO)
         self._keys: Memo[tuple[str, EnvKey]] = Memo(SPEC_MEMO)  # (image digests, key)
         self._policies: dict[str, tuple[float, SourcePolicy]] = {}
         self._limiters: dict[str, CapacityLimiter] = {}  # made on the event loop, used there
-        self.workers = Workers(self)
 
     # lifecycle
     def start(self) -> None:
@@ -161,7 +129,7 @@ class EnvironmentService:
         anything is fetched (SpecError otherwise), and the tag is pinned with the workspace's
         own pull credentials; without one (an admin's token) it is trusted and pinned
         anonymously."""
-        spec = self.read_spec(request)
+        spec = self.specs.read(request)
         if workspace is None:
             return spec.with_images(self.digests.resolve)
         if self.policed:
@@ -191,7 +159,7 @@ class EnvironmentService:
         ]
         policy = SourcePolicy(
             own=() if own.startswith("oci:") else (Prefix.parse(own),),
-            allowed=shared_sources(s, self._default_base),
+            allowed=shared_sources(s, self.specs.default_base),
             others=tuple(others),
             url_sources=s.allow_url_sources,
         )
@@ -203,43 +171,24 @@ class EnvironmentService:
         tag's digest still trusted, the image confirmed): no I/O, so the event loop may call
         it. None when anything would have to be asked."""
         tenant = self.tenants.opened(workspace)
-        fingerprint = _fingerprint(request)
-        spec = self._specs.get(fingerprint)
+        request_id = fingerprint(request)
+        spec = self.specs.remembered(request_id)
         if tenant is None or spec is None:
             return None
         pins = {image: tenant.tags.remembered(image) for image in spec.images()}
         if None in pins.values():
             return None
         digests = " ".join(pin.digest or "" for pin in pins.values() if pin is not None)
-        keyed = self._keys.get(fingerprint)
+        keyed = self._keys.get(request_id)
         if keyed is None or keyed[0] != digests:  # the spec on these images: key it once
             keyed = (digests, compute_key(spec.with_images(lambda image: pins[image] or image)))
-            self._keys.put(fingerprint, keyed)
+            self._keys.put(request_id, keyed)
         key = keyed[1]
         hit = tenant.tiers.remembered(key)
         if hit is None:
             return None
         self.metrics.hits.labels(hit.source).inc()
         return Resolved(key, hit=hit)
-
-    def read_spec(
-        self, request: ResolveRequest, *, context_dir: Path | None = None
-    ) -> EnvironmentSpec:
-        """The request's spec with the operator's package sources, base not pinned; remembered
-        by the request's content (reading it is most of a hit's cost). Only a build passes
-        `context_dir`, where its context is written (never remembered: the build removes it)."""
-        fingerprint = _fingerprint(request)
-        spec = self._specs.get(fingerprint) if context_dir is None else None
-        if spec is not None:
-            return spec
-        s = self.settings
-        spec = spec_from_request(request, default_base=self._default_base, context_dir=context_dir)
-        spec = spec.with_package_sources(
-            channels=s.channels, pip_index_url=s.pip_index_url, pip_find_links=s.pip_find_links
-        )
-        if context_dir is None:
-            self._specs.put(fingerprint, spec)
-        return spec
 
     def resolve(
         self,
@@ -389,10 +338,9 @@ class EnvironmentService:
 
     def readiness(self) -> dict[str, str]:
         """Each dependency: "ok", or why it is not."""
-        checks: dict[str, Callable[[], object]] = {
-            "database": self.store.queue_length,
-            "engine": self.engine.ping,
-        }
+        checks: dict[str, Callable[[], object]] = {"database": self.store.queue_length}
+        if self.limits.workers:  # a server whose builds `envctl worker`s run needs no engine
+            checks["engine"] = self.engine.ping
         registries = {"workspace": self.settings.workspace_registry}
         if self.settings.global_registry:
             registries["global"] = self.settings.global_registry
@@ -409,17 +357,6 @@ class EnvironmentService:
                 log.warning("readiness: %s: %s", name, exc)
                 answers[name] = f"unavailable ({type(exc).__name__})"
         return answers
-
-
-def _fingerprint(request: ResolveRequest) -> str:
-    """What identifies a request's content (a spec read from it is the same spec); SpecError
-    for a request that JSON cannot hold again (a lone surrogate, nesting too deep)."""
-    try:
-        text = request.model_dump_json()
-    except PydanticSerializationError as exc:
-        why = "nested too deep" if "depth" in str(exc) else "not valid Unicode (a lone surrogate)"
-        raise SpecError(f"the request is {why}", source="request") from None
-    return xxhash.xxh3_128_hexdigest(text.encode())
 
 
 async def run_blocking(

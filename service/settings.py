@@ -10,8 +10,8 @@ passed down. Environment variables win over the file.
     ENVCTL_INSECURE_REGISTRIES     comma-separated hosts reached over plain HTTP (and loopback)
     ENVCTL_REGISTRY_TIMEOUT        seconds
     ENVCTL_HOME                    envctl's own data (default: $XDG_DATA_HOME/envctl): the
-                                   embedded registry `oci:$ENVCTL_HOME/registry`, the package
-                                   cache, build folders, build locks and remembered failures
+                                   embedded registry `oci:$ENVCTL_HOME/registry`, the embedded
+                                   database, the package and layer caches, build folders
     ENVCTL_CHANNELS                comma-separated conda channels (URLs or names), in priority
                                    order; they replace the spec's own channels
     ENVCTL_BUILD_TIMEOUT           seconds of running time a build may take (default 3600)
@@ -43,7 +43,10 @@ passed down. Environment variables win over the file.
     ENVCTL_TOKEN                   the bearer token sent to it
     ENVCTL_WORKSPACE               the workspace the embedded CLI works in (default: default)
     ENVCTL_DATABASE_URL            build records (SQLAlchemy URL; default SQLite in ENVCTL_HOME)
-    ENVCTL_WORKERS                 builds one service process runs at once (default 2)
+    ENVCTL_WORKERS                 builds one `envctl serve` or `envctl worker` runs at once
+                                   (default 2; 0: a server that runs none, for `envctl worker`s)
+    ENVCTL_LEASE_SECONDS           how long a running build's lease lasts without renewal: a
+                                   worker that dies is taken over within it (default 30)
     ENVCTL_MAX_RUNNING             running builds per workspace (default 2)
     ENVCTL_MAX_QUEUED              queued builds per workspace before 429 (default 32)
     ENVCTL_TAG_TTL                 seconds a server trusts a base-image tag's digest (default 10)
@@ -110,6 +113,7 @@ class Settings:
     max_queued: int = 32
     tag_ttl: float = 10.0
     token_ttl: float = 1.0
+    lease_seconds: float = 30.0
 
     @property
     def server_url(self) -> str | None:
@@ -193,11 +197,34 @@ class Settings:
             token=env.get("ENVCTL_TOKEN") or None,
             workspace=env.get("ENVCTL_WORKSPACE") or "default",
             database_url=env.get("ENVCTL_DATABASE_URL") or None,
-            workers=_count(env, "ENVCTL_WORKERS", 2),
+            workers=_count(env, "ENVCTL_WORKERS", 2, least=0),
             max_running=_count(env, "ENVCTL_MAX_RUNNING", 2),
             max_queued=_count(env, "ENVCTL_MAX_QUEUED", 32),
             tag_ttl=_number(env, "ENVCTL_TAG_TTL", 10.0),
             token_ttl=_number(env, "ENVCTL_TOKEN_TTL", 1.0),
+            lease_seconds=_positive(env, "ENVCTL_LEASE_SECONDS", 30.0),
+        )
+
+
+@dataclass(frozen=True)
+class ServiceLimits:
+    """How much one service process and one workspace may do at once."""
+
+    workers: int = 2  # builds this process runs at once
+    max_running: int = 2  # per workspace, across every process
+    max_queued: int = 32  # per workspace; beyond it resolve answers 429
+    lease_seconds: float = 30.0  # a running build's owner renews it every third of this
+    poll_seconds: float = 1.0  # how often to look for work and outcomes of other processes
+    files_kept_seconds: float = 60.0  # request files no active build needs are kept this long
+
+    @classmethod
+    def of(cls, settings: Settings) -> ServiceLimits:
+        """The limits `settings` configure."""
+        return cls(
+            workers=settings.workers,
+            max_running=settings.max_running,
+            max_queued=settings.max_queued,
+            lease_seconds=settings.lease_seconds,
         )
 
 
@@ -310,10 +337,18 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
-def _count(env: Mapping[str, str], name: str, default: int) -> int:
+def _positive(env: Mapping[str, str], name: str, default: float) -> float:
+    value = float(_number(env, name, default))
+    if value <= 0:
+        raise SpecError(f"not a positive number: {value:g}", source=name)
+    return value
+
+
+def _count(env: Mapping[str, str], name: str, default: int, *, least: int = 1) -> int:
     text = env.get(name)
     if not text:
         return default
-    if not text.strip().isdigit() or int(text) < 1:
-        raise SpecError(f"not a positive whole number: {text!r}", source=name)
+    if not text.strip().isdigit() or int(text) < least:
+        what = "positive" if least == 1 else "non-negative"
+        raise SpecError(f"not a {what} whole number: {text!r}", source=name)
     return int(text)

@@ -9,7 +9,9 @@ the database, not by Python locks:
 - a queued build is claimed once: `claim_next` moves it with a compare-and-set UPDATE, and
   claims are serialized (SQLite: `BEGIN IMMEDIATE`; PostgreSQL: an advisory lock), so
   `max_running` holds across processes too;
-- a lease is renewed, and a build requeued or finished, only by the process that owns it.
+- a lease is renewed, and a build requeued or finished, only by the process that owns it;
+- a deterministic failure is remembered per workspace and key in `failures`, so every worker
+  and server on the database gives the same answer for that key, whichever host asks.
 
 Timestamps are aware UTC datetimes in and out (SQLite keeps them as naive UTC text).
 """
@@ -33,7 +35,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.types import TypeDecorator
 
 from registry.auth import Credentials
-from service.records import ACTIVE, BuildRecord, BuildStatus, LogLine, Token, Workspace
+from service.records import (
+    ACTIVE,
+    BuildRecord,
+    BuildStatus,
+    FailureRecord,
+    LogLine,
+    Token,
+    Workspace,
+)
 
 # PostgreSQL advisory lock keys (any two bigints of our own): one for creating the tables, one
 # that serializes claims. Claims are rare (a worker asks when it has a free slot) and short.
@@ -169,6 +179,21 @@ build_logs = sa.Table(
     sa.Column("at", UtcDateTime, nullable=False),
 )
 
+# A key's deterministic failure (an unsolvable spec, a failing step), answered at once to the
+# next resolve of that key in that workspace until a forced rebuild forgets it. One row per key:
+# a newer failure replaces the older.
+failures = sa.Table(
+    "failures",
+    metadata,
+    sa.Column("workspace", sa.Text, primary_key=True),
+    sa.Column("key", sa.Text, primary_key=True),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("build_id", sa.Text),
+    sa.Column("log_tail", sa.Text, nullable=False),
+    sa.Column("failed_at", UtcDateTime, nullable=False),
+)
+
 _TOKEN_COLUMNS = [c for c in tokens.c if c.name != "secret_sha256"]
 
 
@@ -249,6 +274,10 @@ def _keep_files(conn: Connection, build_id: str, files: Mapping[str, bytes]) -> 
 
 def _of_key(workspace: str, key: str) -> sa.ColumnElement[bool]:
     return sa.and_(builds.c.workspace == workspace, builds.c["key"] == key)
+
+
+def _failure_of(workspace: str, key: str) -> sa.ColumnElement[bool]:
+    return sa.and_(failures.c.workspace == workspace, failures.c["key"] == key)
 
 
 class BuildStore:
@@ -548,6 +577,34 @@ class BuildStore:
             if done is not None:  # its files are not needed any more: sweep_files may take them
                 conn.execute(sa.delete(build_files).where(build_files.c.build_id == build_id))
         return done
+
+    # remembered failures
+    def remember_failure(self, failure: FailureRecord) -> None:
+        """Remember a key's deterministic failure (replacing an older one of the same key)."""
+        row = asdict(failure)
+        insert = (pg_insert if self._engine.dialect.name == "postgresql" else sqlite_insert)(
+            failures
+        )
+        keep = {name: row[name] for name in ("kind", "message", "build_id", "log_tail")}
+        upsert = insert.on_conflict_do_update(
+            index_elements=[failures.c.workspace, failures.c["key"]],
+            set_=keep | {"failed_at": row["failed_at"]},
+        )
+        with self._writer.begin() as conn:
+            conn.execute(upsert, row)
+
+    def remembered_failure(self, workspace: str, key: str) -> FailureRecord | None:
+        """The failure remembered for `key` in `workspace`, if any."""
+        query = sa.select(failures).where(_failure_of(workspace, key))
+        with self._engine.begin() as conn:
+            row = conn.execute(query).mappings().first()
+        return None if row is None else FailureRecord(**row)
+
+    def forget_failure(self, workspace: str, key: str) -> bool:
+        """Forget `key`'s remembered failure in `workspace`; False when there was none."""
+        query = sa.delete(failures).where(_failure_of(workspace, key))
+        with self._writer.begin() as conn:
+            return conn.execute(query).rowcount == 1
 
     # logs
     def append_log(

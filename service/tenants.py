@@ -17,7 +17,7 @@ from typing import Generic, TypeVar
 from builder.config import BuildConfig
 from builder.docker import DockerBuilder
 from builder.pipeline import ImageBuilder
-from builder.resolve import Resolver
+from builder.resolve import RememberedFailure, Resolver
 from client.errors import NotFound
 from hashing import EnvKey, ImageName
 from hashing.errors import Kind
@@ -28,7 +28,7 @@ from registry.open import open_registry, open_tiers
 from registry.store import StoreRegistry
 from service.errors import kind_of
 from service.policy import Prefix, shared_sources
-from service.records import GLOBAL_WORKSPACE, Workspace
+from service.records import GLOBAL_WORKSPACE, FailureRecord, Workspace
 from service.settings import Settings
 from service.store import BuildStore
 
@@ -179,8 +179,7 @@ class Tenants:
             base_credentials=functools.partial(_pull_source, pull_registries, pull_credentials),
         )
         builder = ImageBuilder(own, self._engine, config)
-        state = s.home / "workspaces" / workspace.name
-        resolver = Resolver(tiers, builder, state=state)
+        resolver = Resolver(tiers, builder, failures=StoredFailures(self._store, workspace.name))
         return Tenant(tiers, resolver, tags, stored, time.monotonic(), closers)
 
     def _stored_credentials(self, workspace: Workspace) -> Credentials | None:
@@ -225,6 +224,37 @@ class Tenants:
             insecure=s.insecure_registries,
             timeout=s.registry_timeout,
         )
+
+
+class StoredFailures:
+    """A workspace's remembered failures, in the database: every worker and server on it
+    answers a key's failure alike, whichever host built it (`builder.resolve.FailureMemory`)."""
+
+    def __init__(self, store: BuildStore, workspace: str) -> None:
+        self._store = store
+        self._workspace = workspace
+
+    def get(self, key: EnvKey) -> RememberedFailure | None:
+        record = self._store.remembered_failure(self._workspace, key)
+        if record is None:
+            return None
+        return RememberedFailure(record.kind, record.message, record.build_id, record.log_tail)
+
+    def remember(self, key: EnvKey, failure: RememberedFailure) -> None:
+        self._store.remember_failure(
+            FailureRecord(
+                self._workspace,
+                key,
+                failure.kind,
+                failure.message,
+                failure.build_id,
+                failure.log_tail,
+                datetime.now(UTC),
+            )
+        )
+
+    def forget(self, key: EnvKey) -> None:
+        self._store.forget_failure(self._workspace, key)
 
 
 def _pull_source(

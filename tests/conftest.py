@@ -59,6 +59,7 @@ class Services:
     """Addresses of the running services (from `scripts/services env`)."""
 
     docker_host: str
+    second_docker_host: str  # another engine, as another host has (build workers' tests)
     workspace_registry: str
     global_registry: str
     base_image: str
@@ -112,6 +113,7 @@ def services() -> Services:
     """The real Docker engine, OCI registries and conda channel; fails when they are not running."""
     return Services(
         docker_host=_require("DOCKER_HOST"),
+        second_docker_host=_require("ENVCTL_TEST_DOCKER_HOST_2"),
         workspace_registry=_require("ENVCTL_WORKSPACE_REGISTRY"),
         global_registry=_require("ENVCTL_GLOBAL_REGISTRY"),
         base_image=_require("ENVCTL_TEST_BASE_IMAGE"),

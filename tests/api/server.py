@@ -1,8 +1,10 @@
-"""Real `envctl serve` processes for the service tests, and the operator's CLI beside them.
+"""Real `envctl serve` and `envctl worker` processes for the service tests, and the operator's
+CLI beside them.
 
     with Deployment(services, tmp_path) as deployment:
         alpha = deployment.workspace("alpha")          # `envctl workspace add alpha`
         server = deployment.serve()                    # `envctl serve --port P`, /healthz polled
+        worker = deployment.worker(home=…, env=…)      # `envctl worker --port P`, the same way
         with EnvctlClient(server.url, alpha.token, workspace=alpha.name) as envctl: ...
         server.kill()                                  # kill -9, mid-build if you like
         server.start()                                 # the same port, database and home
@@ -25,7 +27,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,10 +80,21 @@ class Tenant:
 
 
 class EnvctlServer:
-    """One `envctl serve` process; started, killed and started again on one port."""
+    """One `envctl serve` (or `envctl worker`: `command`) process; started, killed and started
+    again on one port."""
 
-    def __init__(self, name: str, env: Mapping[str, str], log: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        env: Mapping[str, str],
+        log: Path,
+        *,
+        command: str = "serve",
+        args: Sequence[str] = (),
+    ) -> None:
         self.name = name
+        self.command = command
+        self.args = list(args)
         self.env = dict(env)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -98,7 +111,7 @@ class EnvctlServer:
             out.write(f"--- start {self.starts}\n".encode())
             out.flush()
             self.process = subprocess.Popen(
-                [ENVCTL, "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+                [ENVCTL, self.command, "--host", "127.0.0.1", "--port", str(self.port), *self.args],
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
@@ -116,7 +129,7 @@ class EnvctlServer:
         with httpx.Client(base_url=self.url, timeout=2.0, trust_env=False) as http:
             while True:
                 if self.process is None or self.process.poll() is not None:
-                    pytest.fail(f"envctl serve ({self.name}) exited:\n{self.log_tail()}")
+                    pytest.fail(f"envctl {self.command} ({self.name}) exited:\n{self.log_tail()}")
                 try:
                     if http.get("/healthz").status_code == 200:
                         return
@@ -124,9 +137,16 @@ class EnvctlServer:
                     pass
                 if time.monotonic() > deadline:
                     pytest.fail(
-                        f"envctl serve ({self.name}) not healthy in {seconds} s:\n{self.log_tail()}"
+                        f"envctl {self.command} ({self.name}) not healthy in {seconds} s:\n"
+                        f"{self.log_tail()}"
                     )
                 time.sleep(0.05)  # poll interval of a bounded readiness wait
+
+    @property
+    def pid(self) -> int:
+        """The running process's id (what the builds it runs are owned by)."""
+        assert self.process is not None, f"{self.name} is not running"
+        return self.process.pid
 
     def kill(self) -> None:
         """kill -9: no shutdown, no requeue, connections dropped."""
@@ -225,6 +245,29 @@ class Deployment:
         server = EnvctlServer(name, {**self.env, **extra}, self.root / f"{name}.log")
         self.servers.append(server)
         return server.start(wait=wait)
+
+    def worker(
+        self,
+        *,
+        name: str | None = None,
+        env: Mapping[str, str] | None = None,
+        home: Path | None = None,
+        wait: bool = True,
+        args: Sequence[str] = (),
+    ) -> EnvctlServer:
+        """Start an `envctl worker` on this deployment's database, as `serve` starts a server
+        (its /healthz is polled the same way); `env` may give it an engine of its own
+        (DOCKER_HOST), `home` its own ENVCTL_HOME (layer cache, build folders), `args` more
+        options."""
+        name = name or f"worker-{len(self.servers) + 1}"
+        extra = dict(env or {})
+        if home is not None:
+            extra["ENVCTL_HOME"] = str(home)
+        worker = EnvctlServer(
+            name, {**self.env, **extra}, self.root / f"{name}.log", command="worker", args=args
+        )
+        self.servers.append(worker)
+        return worker.start(wait=wait)
 
     def envctl(self, *args: str, stdin: str | None = None) -> str:
         """Run an envctl command with this deployment's environment (and database), `stdin`

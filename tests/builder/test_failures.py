@@ -20,7 +20,7 @@ import pytest
 from builder.config import BuildConfig
 from builder.docker import DockerBuilder
 from builder.pipeline import ImageBuilder
-from builder.resolve import Resolver, RetryPolicy
+from builder.resolve import InMemoryFailures, Resolver, RetryPolicy
 from hashing import EnvctlError, EnvironmentSpec, compute_key
 from registry import DigestResolver
 from registry.errors import RegistryUnavailable
@@ -138,7 +138,9 @@ def test_a_registry_gone_at_push_leaves_no_tag_and_the_next_resolve_builds(
     )
     # wired as cli.main's _Context.images(), with one attempt: the failure itself is the subject
     builder = ImageBuilder(workspace, engine, BuildConfig(home))
-    resolver = Resolver(workspace, builder, state=home, retry=RetryPolicy(attempts=1))
+    resolver = Resolver(
+        workspace, builder, failures=InMemoryFailures(), retry=RetryPolicy(attempts=1)
+    )
     stages: list[str] = []
 
     def stop_registry_at_push(stage: str, message: str) -> None:

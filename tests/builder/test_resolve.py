@@ -1,22 +1,22 @@
-"""Resolve's rules: one build per key, failures remembered or retried, over a real layout registry.
+"""Resolve's rules: failures remembered or retried, over a real layout registry.
 
 The builder here is a stand-in that writes a small image through the registry's primitives, so
 these tests run in milliseconds; the real builder (conda, Docker engine, push) is exercised end
-to end in tests/builder/test_pipeline.py and tests/cli/test_cli.py.
+to end in tests/builder/test_pipeline.py and tests/cli/test_cli.py. One build per key across
+threads, processes and hosts is the build store's (tests/service/test_store.py), and failures
+remembered in the database are seen by every worker (tests/service/test_workers.py).
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from builder.errors import EngineUnavailable, SolveError, StepFailed
-from builder.resolve import OnEvent, Resolver, RetryPolicy
+from builder.resolve import FailureMemory, InMemoryFailures, OnEvent, Resolver, RetryPolicy
 from hashing import EnvironmentSpec, EnvKey, complete_spec, compute_key, parse_spec_text
 from registry.base import ImageRef
 from registry.errors import RegistryUnavailable
@@ -58,10 +58,13 @@ class StandInBuilder:
         return ImageRef(key, self.registry.reference(key), manifest.digest, build_id=build_id)
 
 
-def _resolver(tmp_path: Path, **builder: object) -> tuple[Resolver, StandInBuilder]:
+def _resolver(
+    tmp_path: Path, memory: FailureMemory | None = None, **builder: object
+) -> tuple[Resolver, StandInBuilder]:
     registry = LayoutRegistry(tmp_path / "registry")
     stand_in = StandInBuilder(registry, **builder)  # type: ignore[arg-type]
-    return Resolver(registry, stand_in, state=tmp_path / "state", retry=NO_WAIT), stand_in
+    memory = memory or InMemoryFailures()
+    return Resolver(registry, stand_in, failures=memory, retry=NO_WAIT), stand_in
 
 
 def test_a_miss_builds_once_then_hits(tmp_path: Path) -> None:
@@ -81,56 +84,17 @@ def test_no_build_on_a_miss_answers_none(tmp_path: Path) -> None:
     assert builder.calls == 0
 
 
-def test_ten_concurrent_resolves_give_one_build(tmp_path: Path) -> None:
-    resolver, builder = _resolver(tmp_path, gate=True)
-    with ThreadPoolExecutor(10) as pool:
-        futures = [pool.submit(resolver.resolve, _spec()) for _ in range(10)]
-        assert builder.started.wait(timeout=30)
-        builder.release.set()
-        results = [f.result(timeout=60) for f in futures]
-    assert builder.calls == 1
-    assert len({r.digest for r in results if r is not None}) == 1
-    assert {r.build_id for r in results if r is not None} != {None}
-
-
-def _resolve_in_process(folder: str, counter: str) -> str:
-    """A separate process resolving the same spec; counts its builds in a file."""
-    root = Path(folder)
-    registry = LayoutRegistry(root / "registry")
-
-    class Counting(StandInBuilder):
-        def build(
-            self, spec: EnvironmentSpec, key: EnvKey, build_id: str, on_event: OnEvent
-        ) -> ImageRef:
-            with open(counter, "a") as f:
-                f.write("build\n")
-            return super().build(spec, key, build_id, on_event)
-
-    resolver = Resolver(registry, Counting(registry), state=root / "state", retry=NO_WAIT)
-    hit = resolver.resolve(_spec())
-    assert hit is not None
-    return hit.digest
-
-
-def test_concurrent_processes_give_one_build(tmp_path: Path) -> None:
-    counter = tmp_path / "builds.txt"
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(6) as pool:
-        digests = pool.starmap(_resolve_in_process, [(str(tmp_path), str(counter))] * 6)
-    assert len(set(digests)) == 1
-    assert counter.read_text().count("build") == 1
-
-
 @pytest.mark.parametrize("failure", [StepFailed("RUN false: exit 1"), SolveError("no numpy")])
 def test_a_deterministic_failure_is_remembered_until_force_rebuild(
     tmp_path: Path, failure: Exception
 ) -> None:
-    resolver, builder = _resolver(tmp_path, failures=[failure])
+    memory = InMemoryFailures()
+    resolver, builder = _resolver(tmp_path, memory, failures=[failure])
     with pytest.raises(type(failure)):
         resolver.resolve(_spec())
-    other_process_view, _ = _resolver(tmp_path)  # same state folder: remembered on disk
+    other_view, _ = _resolver(tmp_path, memory)  # another resolver on the same memory
     with pytest.raises(type(failure), match="remembered"):
-        other_process_view.resolve(_spec())
+        other_view.resolve(_spec())
     assert builder.calls == 1
     rebuilt = resolver.resolve(_spec(), force_rebuild=True)
     assert rebuilt is not None
@@ -159,18 +123,18 @@ def test_a_registry_still_down_after_a_failed_push_is_retried(tmp_path: Path) ->
 
         def lookup(self, key: EnvKey) -> ImageRef | None:
             self.lookups += 1
-            if self.lookups == 3:  # two before the build, then the check after its failure
+            if self.lookups == 2:  # one before the build, then the check after its failure
                 raise RegistryUnavailable("registry down", endpoint="registry")
             return super().lookup(key)
 
     registry = DownOnce(tmp_path / "registry")
     gone = RegistryUnavailable("push failed", endpoint="registry")
     stand_in = StandInBuilder(registry, failures=[gone])
-    resolver = Resolver(registry, stand_in, state=tmp_path / "state", retry=NO_WAIT)
+    resolver = Resolver(registry, stand_in, failures=InMemoryFailures(), retry=NO_WAIT)
     built = resolver.resolve(_spec())
     assert built is not None
     assert built.source == "built"
-    assert (stand_in.calls, registry.lookups) == (2, 3)
+    assert (stand_in.calls, registry.lookups) == (2, 2)
 
 
 def test_force_rebuild_builds_even_on_a_hit(tmp_path: Path) -> None:
@@ -199,7 +163,7 @@ def test_a_failure_after_the_tag_was_written_does_not_build_again(tmp_path: Path
             raise EngineUnavailable("the metadata write blipped")
 
     flaky = FailsAfterPushing(builder.registry)
-    resolver = Resolver(builder.registry, flaky, state=tmp_path / "state", retry=NO_WAIT)
+    resolver = Resolver(builder.registry, flaky, failures=InMemoryFailures(), retry=NO_WAIT)
     built = resolver.resolve(_spec())
     assert built is not None
     assert (built.source, flaky.calls) == ("built", 1)

@@ -117,3 +117,30 @@ def test_a_workspaces_credentials_come_from_stdin_and_never_show(
         assert store.get_credentials("team-a") is None
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(
+    ("extra", "code", "message"),
+    [
+        (  # nothing listens there: the database is down
+            {"ENVCTL_DATABASE_URL": "postgresql+psycopg://envctl@127.0.0.1:1/envctl"},
+            3,
+            "the build database is unavailable",
+        ),
+        ({"ENVCTL_WORKERS": "0"}, 2, "a worker runs at least one build at a time"),
+    ],
+)
+def test_a_worker_without_its_database_or_its_threads_exits_with_the_reason(
+    env: dict[str, str], extra: dict[str, str], code: int, message: str
+) -> None:
+    worker = subprocess.run(
+        [ENVCTL, "worker"],
+        env={"PATH": "/usr/bin:/bin", **env, **extra},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert worker.returncode == code, worker.stderr
+    assert message in worker.stderr
+    assert "Traceback" not in worker.stderr

@@ -27,5 +27,5 @@ def test_a_log_names_no_other_workspaces_repository_nor_the_host(
         assert f"{deployment.namespace}/first" not in log, log
         assert server.process is not None
         assert f"{socket.gethostname()}:{server.process.pid}" not in log, log
-        assert "started by server " in log, log
+        assert "started by worker " in log, log
         assert os.fspath(tmp_path) not in log, log

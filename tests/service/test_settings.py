@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hashing import SpecError
-from service.settings import Settings
+from service.settings import ServiceLimits, Settings
 
 
 @pytest.mark.parametrize(
@@ -30,7 +30,14 @@ def test_build_steps_are_limited_unless_the_operator_says_otherwise(
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("ENVCTL_BUILD_MEMORY", "-1g"), ("ENVCTL_BUILD_CPUS", "-2"), ("ENVCTL_BUILD_MEMORY", "lots")],
+    [
+        ("ENVCTL_BUILD_MEMORY", "-1g"),
+        ("ENVCTL_BUILD_CPUS", "-2"),
+        ("ENVCTL_BUILD_MEMORY", "lots"),
+        ("ENVCTL_WORKERS", "-1"),
+        ("ENVCTL_LEASE_SECONDS", "0"),
+        ("ENVCTL_LEASE_SECONDS", "soon"),
+    ],
 )
 def test_a_bad_limit_names_its_setting(name: str, value: str) -> None:
     with pytest.raises(SpecError) as info:
@@ -132,3 +139,14 @@ def test_any_list_of_addresses_reads_back_in_order_once_each(urls: list[str], se
     settings = Settings.from_env({"ENVCTL_HOME": "/nonexistent", "ENVCTL_URL": sep.join(urls)})
     expected = list(dict.fromkeys(url.rstrip("/") for url in urls))
     assert list(settings.server_urls) == expected
+
+
+def test_a_server_may_run_no_builds_and_the_lease_is_the_operators() -> None:
+    """ENVCTL_WORKERS=0: a server whose builds `envctl worker`s run; the lease they hold."""
+    settings = Settings.from_env(
+        {"ENVCTL_HOME": "/nonexistent", "ENVCTL_WORKERS": "0", "ENVCTL_LEASE_SECONDS": "6"}
+    )
+    limits = ServiceLimits.of(settings)
+    assert (limits.workers, limits.lease_seconds) == (0, 6.0)
+    default = ServiceLimits.of(Settings.from_env({"ENVCTL_HOME": "/nonexistent"}))
+    assert (default.workers, default.lease_seconds) == (2, 30.0)

@@ -10,6 +10,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
@@ -20,7 +21,7 @@ import pytest
 import sqlalchemy as sa
 
 from registry.auth import Credentials
-from service.records import BuildRecord
+from service.records import BuildRecord, FailureRecord
 from service.store import BuildStore, QueueLimit, WorkspaceExists
 from tests.conftest import Services
 
@@ -479,3 +480,26 @@ def test_a_workspaces_own_credentials_are_set_replaced_and_removed(store: BuildS
     assert store.get_credentials("ws") is None
     with pytest.raises(LookupError):
         store.set_credentials("nobody", Credentials("x", "y"))
+
+
+def test_a_remembered_failure_is_per_workspace_and_key_replaced_and_forgotten(
+    store: BuildStore, url: str
+) -> None:
+    at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    failure = FailureRecord("ws", "k", "StepFailed", "RUN false: exit 1", "b1", "tail\n", at)
+    assert store.remembered_failure("ws", "k") is None
+    store.remember_failure(failure)
+    second = BuildStore(url)  # another worker or server on the database sees it
+    try:
+        assert second.remembered_failure("ws", "k") == failure
+        assert second.remembered_failure("other", "k") is None
+        assert second.remembered_failure("ws", "k2") is None
+        newer = replace(failure, kind="SolveError", message="no numpy", build_id="b2")
+        second.remember_failure(newer)
+        assert store.remembered_failure("ws", "k") == newer
+        assert len(rows(url, "failures")) == 1
+        assert store.forget_failure("ws", "k") is True
+        assert second.remembered_failure("ws", "k") is None
+        assert store.forget_failure("ws", "k") is False
+    finally:
+        second.close()
