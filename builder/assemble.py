@@ -61,23 +61,7 @@ def assemble(
     it already. `on_send` hears of each layer the target lacked, once it is sent."""
     manifest = below or platform_manifest(base, base_digest, platform)
     body = json.loads(manifest.data)
-    config_descriptor = Descriptor.from_json(body["config"])
-    if config_descriptor.size > MAX_CONFIG:
-        raise BuildError(f"the base image's config is larger than {MAX_CONFIG} bytes")
-    with base.read_blob(config_descriptor) as chunks:
-        try:
-            config = json.loads(b"".join(chunks))
-        except ValueError:
-            config = None
-    if not isinstance(config, dict) or not isinstance(config.get("config") or {}, dict):
-        raise BuildError(f"the base image {base.reference(base_digest)} has no image config")
-    if (config.get("config") or {}).get("OnBuild"):
-        # Docker runs them in the build FROM the image; envctl writes the image itself and
-        # runs none, and a docker step FROM it would run them, reading images unchecked
-        raise BuildError(
-            f"the base image {base.reference(base_digest)} has ONBUILD triggers, which envctl "
-            "does not run: use a base without them"
-        )
+    config = image_config(base, base_digest, manifest)
     base_layers = [Descriptor.from_json(d) for d in body.get("layers", [])]
 
     def send(layer: Layer) -> None:
@@ -115,6 +99,30 @@ def assemble(
 def layer_count(manifest: Manifest) -> int:
     """How many layers an image manifest lists."""
     return len(json.loads(manifest.data).get("layers", []))
+
+
+def image_config(image: StoreRegistry, digest: str, manifest: Manifest) -> dict[str, Any]:
+    """The config of an image (`manifest`, its platform's), checked: a BuildError when it is
+    no image config, or when it has ONBUILD triggers. Docker runs those in the build FROM the
+    image, reading whatever images they name; envctl writes the environment's image itself and
+    runs none, and a build that runs them (a docker step, or a stage FROM such an image) would
+    read images no one checked."""
+    config_descriptor = Descriptor.from_json(json.loads(manifest.data)["config"])
+    if config_descriptor.size > MAX_CONFIG:
+        raise BuildError(f"the image's config is larger than {MAX_CONFIG} bytes")
+    with image.read_blob(config_descriptor) as chunks:
+        try:
+            config = json.loads(b"".join(chunks))
+        except ValueError:
+            config = None
+    if not isinstance(config, dict) or not isinstance(config.get("config") or {}, dict):
+        raise BuildError(f"the image {image.reference(digest)} has no image config")
+    if (config.get("config") or {}).get("OnBuild"):
+        raise BuildError(
+            f"the image {image.reference(digest)} has ONBUILD triggers, which envctl does not "
+            "run: use an image without them"
+        )
+    return config
 
 
 def platform_manifest(base: StoreRegistry, digest: str, platform: str) -> Manifest:

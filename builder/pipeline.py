@@ -25,7 +25,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from builder import envlayers, pip
-from builder.assemble import ImageSettings, assemble, layer_count, platform_manifest
+from builder.assemble import (
+    ImageSettings,
+    assemble,
+    image_config,
+    layer_count,
+    platform_manifest,
+)
 from builder.conda import CondaLock, solve
 from builder.config import BuildConfig
 from builder.docker import DockerBuilder
@@ -118,6 +124,7 @@ class ImageBuilder:
             if self._config.confirm_read is not None:  # a workspace's build on a shared engine
                 for image in images_read(spec):
                     self._config.confirm_read(image)
+            self._check_stages(spec, build_id)
             made, manifest, sent = self._write(spec, key, build_id, folder, on_event)
             total = sum(layer.size for layer in made.layers)
             on_log(
@@ -179,6 +186,19 @@ class ImageBuilder:
                 platform, below=below, on_send=sent.append,
             )  # fmt: skip
         return made, manifest, sent
+
+    def _check_stages(self, spec: EnvironmentSpec, build_id: str) -> None:
+        """Each image a stage starts from, read as the base is (`image_config`): the engine
+        would run its ONBUILD triggers, which name images no one checked."""
+        for stage in spec.stages:
+            if stage.image is None:
+                continue
+            if stage.image.digest is None:
+                raise BuildError(f"the stage image {stage.image} is not pinned", build_id=build_id)
+            platform = normalize_platform(stage.platform or spec.platform)
+            with self._base_registry(stage.image) as registry:
+                below = platform_manifest(registry, stage.image.digest, platform)
+                image_config(registry, stage.image.digest, below)
 
     def _confirm(self, key: EnvKey, digest: str, build_id: str) -> ImageRef:
         """The workspace's answer for `key`, asked (not remembered: it was just written); a

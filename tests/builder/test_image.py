@@ -316,3 +316,9 @@ def test_a_base_with_onbuild_triggers_is_refused_and_nothing_is_tagged(
     assert "has ONBUILD triggers" in result.stderr
     key = json.loads(cli.invoke(app, ["hash", "--json", str(spec)]).stdout)[0]["key"]
     assert workspace.resolve(key) is None  # nothing tagged
+    # an earlier stage FROM it: the engine would run its triggers there
+    staged = _spec(tmp_path, "{dependencies: [envctl-greet]}",
+                   steps=f"FROM {base} AS t\nFROM base_image\nRUN true")  # fmt: skip
+    result = cli.invoke(app, ["resolve", "--json", str(staged)])
+    assert result.exit_code == 1, result.stderr
+    assert "has ONBUILD triggers" in result.stderr
