@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from json import dumps as json_dumps
 from typing import Any
 
-from hashing import goparse
+import hashing.goparse as goparse
 from hashing.errors import SpecError
 
 MAX_STEPS = 1000  # instructions in one spec's docker steps or Dockerfile

@@ -476,14 +476,6 @@ class BuildStore:
             earlier = sa.or_(builds.c.queued_at < build.queued_at, same_time)
             return _count(conn, builds.c.status == "queued", earlier) + 1
 
-    def count_active(self, workspace: str) -> tuple[int, int]:
-        """(running, queued) builds of a workspace."""
-        query = sa.select(builds.c.status, sa.func.count()).group_by(builds.c.status)
-        query = query.where(builds.c.workspace == workspace, _active)
-        with self._engine.begin() as conn:
-            counts: dict[str, int] = dict(conn.execute(query).all())
-        return counts.get("running", 0), counts.get("queued", 0)
-
     def queue_length(self) -> int:
         """Queued builds across every workspace."""
         with self._engine.begin() as conn:
