@@ -22,7 +22,7 @@ class BuildConfig:
     # its own, the global registry's and the operator's allowed ones
     pull_registries: tuple[str, ...] | None = None
     # credentials the engine pulls with from these hosts, in place of the Docker config's: a
-    # workspace's own for its registry (service.store.workspace_credentials)
+    # workspace's own for its registry (service.tables.workspace_credentials)
     pull_credentials: Mapping[str, Credentials] = field(default_factory=dict)
     # raises unless the workspace may read an image with exactly those credentials: the engine
     # serves an image any earlier build pulled without asking the registry again, so a build
