@@ -37,7 +37,7 @@ import rattler
 from rattler.exceptions import GatewayError, InstallerError, SolverError
 
 from builder.errors import BuildTimeout, ChannelUnavailable, SolveError, StepFailed
-from hashing.conda import CondaEnvironment
+from hashing.conda import SUBDIRS, CondaEnvironment
 from hashing.errors import SpecError
 from hashing.imageref import InvalidReference, normalize_platform
 
@@ -58,17 +58,6 @@ with warnings.catch_warnings():
 
 T = TypeVar("T")
 
-# Image platform (containerd's normal form) -> conda subdir. Only Linux: images run Linux.
-_SUBDIRS = {
-    "linux/amd64": "linux-64",
-    "linux/arm64": "linux-aarch64",
-    "linux/ppc64le": "linux-ppc64le",
-    "linux/s390x": "linux-s390x",
-    "linux/386": "linux-32",
-    "linux/arm/v7": "linux-armv7l",
-    "linux/arm/v6": "linux-armv6l",
-    "linux/riscv64": "linux-riscv64",
-}
 
 # The system the solver assumes (pixi's defaults): the base image is not inspected, so these are
 # a floor every supported base meets (Debian 10+, RHEL 8+, Ubuntu 20.04+).
@@ -91,9 +80,9 @@ def conda_subdir(platform: str) -> str:
         normal = normalize_platform(platform)
     except InvalidReference as exc:
         raise SpecError(str(exc), field="platform") from None
-    subdir = _SUBDIRS.get(normal)
+    subdir = SUBDIRS.get(normal)
     if subdir is None:
-        known = ", ".join(_SUBDIRS)
+        known = ", ".join(SUBDIRS)
         raise SpecError(
             f"no conda packages for platform {normal} (known: {known})", field="platform"
         )
