@@ -33,7 +33,7 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from builder.envlayers import LockedWheel
 from builder.errors import ChannelUnavailable, SolveError, StepFailed
-from hashing.conda import CONTROL, pip_hashes, pip_option_flag
+from hashing.pip import CONTROL, pip_hashes, pip_option_flag
 
 _ARCHES = {"linux/amd64": "x86_64", "linux/arm64": "aarch64"}
 GLIBC_MINOR = 28  # the glibc every supported base has (builder.conda.GLIBC_VERSION)

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from hashing.conda import CondaEnvironment
     from hashing.dockersteps import DockerStep, parse_steps
     from hashing.errors import EnvctlError, SpecError
+    from hashing.formats import parse_conda_text, parse_spec_text
     from hashing.imageref import (
         ImageName,
         InvalidReference,
@@ -30,8 +31,6 @@ if TYPE_CHECKING:
         SpecDraft,
         SpecFormat,
         complete_spec,
-        parse_conda_text,
-        parse_spec_text,
     )
     from hashing.stages import ParsedDockerfile, Stage, parse_dockerfile
 
@@ -59,8 +58,8 @@ _WHERE = {
     "SpecDraft": "hashing.spec",
     "SpecFormat": "hashing.spec",
     "complete_spec": "hashing.spec",
-    "parse_conda_text": "hashing.spec",
-    "parse_spec_text": "hashing.spec",
+    "parse_conda_text": "hashing.formats",
+    "parse_spec_text": "hashing.formats",
     "ParsedDockerfile": "hashing.stages",
     "Stage": "hashing.stages",
     "parse_dockerfile": "hashing.stages",

@@ -38,7 +38,7 @@ from hashing import (
     parse_dockerfile,
     parse_spec_text,
 )
-from hashing.spec import named_files
+from hashing.formats import named_files
 from specio.context import scan_context
 
 MAX_LINKS = 40  # symlinks followed in one path, as Linux's MAXSYMLINKS

@@ -4,15 +4,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hashing.conda import (
-    _fast_requirement,
-    _requirement,
-    normalize_match_spec,
-    normalize_pip_line,
-    parse_conda,
-)
+from hashing.conda import normalize_match_spec, parse_conda
 from hashing.imageref import parse_image
 from hashing.key import compute_key
+from hashing.pip import _fast_requirement, _requirement, normalize_pip_line
 from hashing.spec import EnvironmentSpec
 from hashing.yamldoc import load_yaml
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 
 from hashing.errors import SpecError
+from hashing.formats import parse_spec_text
 from hashing.imageref import InvalidReference, normalize_platform, parse_image
-from hashing.spec import parse_spec_text
 
 DIGEST = "sha256:" + "ab" * 32
 

@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 from hashing import compute_key
 from hashing.dockersteps import parse_steps
 from hashing.errors import SpecError
+from hashing.formats import parse_spec_text
 from hashing.key import canonical_inputs
-from hashing.spec import EnvironmentSpec, complete_spec, parse_spec_text
+from hashing.spec import EnvironmentSpec, complete_spec
 from hashing.stages import classic_builder_refusal, parse_docker_steps, parse_dockerfile
 
 A = "sha256:" + "a" * 64

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 
 from hashing import EnvironmentSpec, SpecError
+from hashing.formats import parse_spec_text
 from hashing.imageref import parse_image
-from hashing.spec import complete_spec, parse_spec_text
+from hashing.spec import complete_spec
 from service.policy import Prefix, SourcePolicy
 
 POLICY = SourcePolicy(
