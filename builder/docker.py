@@ -21,22 +21,19 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import socket
-import tarfile
 import tempfile
-import threading
 import time
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import Any, Literal
 
 import docker
 import docker.auth
 import docker.errors
 import requests
 
+from builder.deadline import Canceller, DeadlineReader, Expired, context_tar
 from builder.errors import BuildError, BuildTimeout, EngineUnavailable, StepFailed
 from builder.stream import JsonLog, OnLog
 from registry.auth import Credentials
@@ -120,11 +117,11 @@ class DockerBuilder:
         BuildTimeout, EngineUnavailable or BuildError; a failed build leaves no tag.
         """
         log = JsonLog(on_log)
-        cancel = _Canceller(time.monotonic() + self.timeout)
+        cancel = Canceller(time.monotonic() + self.timeout)
         try:
             with tempfile.TemporaryFile(prefix="envctl-context-") as archive:
-                _tar(context_dir, archive, cancel, modes or {})
-                body = _DeadlineReader(archive, cancel)
+                context_tar(context_dir, archive, cancel, modes or {})
+                body = DeadlineReader(archive, cancel)
                 response = self._post_build(
                     body,
                     tag=tag,
@@ -141,7 +138,7 @@ class DockerBuilder:
                 finally:
                     cancel.stop()  # before the connection can go back to the pool
                     response.close()
-        except _Expired:
+        except Expired:
             pass  # the deadline passed while the context was archived or sent
         except (requests.RequestException, docker.errors.DockerException, OSError) as exc:
             if not cancel.fired:  # else it is the shutdown at the deadline ending the stream
@@ -279,7 +276,7 @@ class DockerBuilder:
 
     def _post_build(
         self,
-        body: _DeadlineReader,
+        body: DeadlineReader,
         *,
         tag: str,
         labels: Mapping[str, str],
@@ -295,7 +292,7 @@ class DockerBuilder:
         auths = _auths(registries, credentials)
         if auths:
             headers["X-Registry-Config"] = docker.auth.encode_header(auths).decode()
-        # No read timeout: a RUN may be silent for long; the _Canceller enforces the deadline.
+        # No read timeout: a RUN may be silent for long; the Canceller enforces the deadline.
         return self._api.post(
             f"{self._api.base_url}/v{API_VERSION}/build",
             params=params,
@@ -386,98 +383,3 @@ def _result(log: JsonLog, build_id: str | None) -> str:
             "the engine ended the build without a result", build_id=build_id, log_tail=log.tail()
         )
     return log.image_id
-
-
-class _Expired(Exception):
-    """The deadline passed before the engine started answering."""
-
-
-class _Canceller:
-    """Cancels a build at its deadline by shutting its connection down.
-
-    Closing a socket another thread is blocked reading from neither wakes that thread nor tells
-    the engine; shutdown does both: the read returns, and the engine sees its client go, which
-    cancels the build (it kills and removes the RUN container).
-    """
-
-    def __init__(self, deadline: float) -> None:
-        self.deadline = deadline
-        self.fired = False
-        self._lock = threading.Lock()
-        self._socket: socket.socket | None = None
-        self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self.fire)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def check(self) -> None:
-        """Raise _Expired when past the deadline."""
-        if self.fired or time.monotonic() >= self.deadline:
-            self.fire()
-            raise _Expired
-
-    def fire(self) -> None:
-        """Cancel now."""
-        with self._lock:
-            self.fired = True
-            if self._socket is not None:
-                with contextlib.suppress(OSError):  # already closed: the build has ended
-                    self._socket.shutdown(socket.SHUT_RDWR)
-
-    def attach(self, response: requests.Response) -> None:
-        """Cancel by shutting down `response`'s connection (at once, if already past due)."""
-        with self._lock:
-            self._socket = getattr(response.raw.connection, "sock", None)
-        if self.fired:
-            self.fire()
-
-    def stop(self) -> None:
-        """The build is over: never fire, and forget the connection (it goes back to a pool)."""
-        self._timer.cancel()
-        with self._lock:
-            self._socket = None
-
-
-class _DeadlineReader:
-    """The context archive as the request body, read in blocks, refused past the deadline."""
-
-    def __init__(self, file: IO[bytes], cancel: _Canceller) -> None:
-        self._size = file.tell()
-        file.seek(0)
-        self._file = file
-        self._cancel = cancel
-
-    def __len__(self) -> int:
-        return self._size  # so requests sends a Content-Length instead of chunking
-
-    def read(self, size: int = -1) -> bytes:
-        self._cancel.check()
-        return self._file.read(size)
-
-
-def _tar(root: Path, archive: IO[bytes], cancel: _Canceller, modes: Mapping[str, int]) -> None:
-    """Archive `root` as it is, but with `modes` (by path) where given; no .dockerignore: the
-    caller assembled exactly the context."""
-    with tarfile.open(fileobj=archive, mode="w") as tar:
-        for path in _walk(root):
-            cancel.check()
-            info = tar.gettarinfo(str(path), arcname=path.relative_to(root).as_posix())
-            if not info.issym():  # a link's own mode means nothing
-                info.mode = modes.get(info.name, info.mode)
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            if info.isreg():
-                with path.open("rb") as data:
-                    tar.addfile(info, data)
-            else:
-                tar.addfile(info)
-
-
-def _walk(root: Path) -> Iterator[Path]:
-    """Every path under `root`, sorted, each directory before its contents; links not followed."""
-    for folder, dirs, files in os.walk(root):
-        base = Path(folder)
-        if base != root:
-            yield base
-        links = {d for d in dirs if (base / d).is_symlink()}  # archived as links, not walked
-        dirs[:] = sorted(set(dirs) - links)
-        yield from (base / name for name in sorted([*files, *links]))

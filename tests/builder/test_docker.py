@@ -23,7 +23,8 @@ import pytest
 from docker import APIClient
 from docker.errors import ImageNotFound, NotFound
 
-from builder.docker import DockerBuilder, Network, _Canceller, _tar
+from builder.deadline import Canceller, context_tar
+from builder.docker import DockerBuilder, Network
 from builder.errors import BuildTimeout, EngineUnavailable, StepFailed
 from builder.stream import JsonLog
 from hashing import (
@@ -381,7 +382,7 @@ def test_the_context_archive_carries_the_listed_modes(tmp_path: Path) -> None:
     os.symlink("tool", tmp_path / "ctx" / "link")
     archive = io.BytesIO()
     modes = {"ctx": 0o1777, "ctx/tool": 0o4755, "ctx/link": 0o600}
-    _tar(tmp_path, archive, _Canceller(time.monotonic() + 60), modes)
+    context_tar(tmp_path, archive, Canceller(time.monotonic() + 60), modes)
     archive.seek(0)
     with tarfile.open(fileobj=archive) as tar:
         got = {m.name: (m.mode, m.uid, m.uname) for m in tar.getmembers()}
