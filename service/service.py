@@ -46,7 +46,8 @@ from service.specs import SPEC_MEMO, SpecReader, fingerprint
 from service.store import BuildStore, QueueLimit
 from service.tenants import Memo, Tenants
 from service.workers import Workers
-from specio.request import ResolveRequest, stored_request
+from specio.received import stored_request
+from specio.request import ResolveRequest
 
 log = logging.getLogger("envctl.service")
 POLICY_TTL = 5.0  # seconds a workspace's source policy (the other workspaces) is trusted

@@ -11,7 +11,8 @@ from pydantic_core import PydanticSerializationError
 from hashing import EnvironmentSpec, ImageName, SpecError, parse_image_at
 from service.settings import Settings
 from service.tenants import Memo
-from specio.request import ResolveRequest, spec_from_request
+from specio.received import spec_from_request
+from specio.request import ResolveRequest
 
 SPEC_MEMO = 4096  # specs remembered by request content (a few KB each)
 

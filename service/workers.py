@@ -38,7 +38,7 @@ from service.settings import ServiceLimits
 from service.specs import SpecReader
 from service.store import BuildStore
 from service.tenants import Tenants
-from specio.request import remove_context, restored_request
+from specio.received import remove_context, restored_request
 
 log = logging.getLogger("envctl.service")
 

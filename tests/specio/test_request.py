@@ -13,18 +13,12 @@ import xxhash
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import specio.request as request_module
+import specio.received as received_module
 from hashing import EnvironmentSpec, SpecError, compute_key, parse_image
 from specio.context import copy_context, scan_context
 from specio.files import load_spec
-from specio.request import (
-    ResolveRequest,
-    SpecFile,
-    _escapes,
-    _Sent,
-    request_from_file,
-    spec_from_request,
-)
+from specio.received import _escapes, _Sent, spec_from_request
+from specio.request import ResolveRequest, SpecFile, request_from_file
 from tests.conftest import CORPUS, EXAMPLES, needs_corpus
 from tests.specio.test_corpus import BASE as BASE_TEXT
 from tests.specio.test_corpus import BROKEN, INDEX
@@ -493,7 +487,7 @@ def test_a_context_listed_in_memory_is_listed_as_on_disk(
         else:
             data = (root / rel).read_bytes()
             sent[rel] = _Sent(len(sent), "file", mode, data, xxhash.xxh3_128_hexdigest(data))
-    assert request_module._list(sent, "").entries == on_disk.entries
+    assert received_module._list(sent, "").entries == on_disk.entries
 
 
 _parts = st.sampled_from(["..", ".", "a", "b", "l", "m", ""])
