@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -33,14 +31,17 @@ from cli.boundary import (
 from cli.boundary import err as _err
 from cli.boundary import escape as _escape
 from cli.boundary import out as _out
+from cli.context import (
+    Context,
+    context_of,
+    key_of,
+    keyed,
+    prewarm_target,
+    request_of,
+)
 
 if TYPE_CHECKING:
-    from cli.local import LocalEnvironments
-    from client.http import EnvctlClient
-    from hashing import EnvironmentSpec, EnvKey, ImageName, SpecFormat
-    from registry import DigestResolver
-    from service.settings import Settings
-    from specio.request import ResolveRequest
+    pass
 
 
 __all__ = ["EXIT_FAILED", "EXIT_INVALID", "EXIT_OK", "EXIT_UNAVAILABLE", "app", "exit_code", "main"]
@@ -74,112 +75,14 @@ FormatOpt = Annotated[
 ]
 
 
-@dataclass
-class _Context:
-    settings: Settings
-    closers: list[Callable[[], None]] = field(default_factory=list)
-    _environments: EnvctlClient | LocalEnvironments | None = None
-    _resolver: DigestResolver | None = None
-
-    @property
-    def resolver(self) -> DigestResolver:
-        """Base tags to digests, asked of their registries (opened on first use)."""
-        if self._resolver is None:
-            from registry.digests import DigestResolver
-
-            s = self.settings
-            self._resolver = DigestResolver(
-                insecure=s.insecure_registries, timeout=s.registry_timeout
-            )
-            self.closers.append(self._resolver.close)
-        return self._resolver
-
-    def environments(self) -> EnvctlClient | LocalEnvironments:
-        """The service: the server at ENVCTL_URL, or an embedded one in this process."""
-        if self._environments is None:
-            s = self.settings
-            if s.server_url:
-                from client.http import EnvctlClient
-
-                self._environments = EnvctlClient(
-                    s.server_urls,
-                    s.token,
-                    workspace=s.workspace,
-                    unreachable_after=s.unreachable_after,
-                )
-            else:
-                from cli.local import LocalEnvironments
-
-                self._environments = LocalEnvironments(s)
-            self.closers.append(self._environments.close)
-        return self._environments
-
-    def close(self) -> None:
-        """Close every connection this invocation opened."""
-        for close in self.closers:
-            close()
-
-
-def _context(ctx: typer.Context) -> _Context:
-    obj = ctx.find_root().obj
-    assert isinstance(obj, _Context)
-    return obj
-
-
 @app.callback()
 def _root(ctx: typer.Context) -> None:
     if ctx.obj is None:  # tests may pass their own
         from service.settings import Settings
 
-        c = _Context(Settings.from_env(os.environ))
+        c = Context(Settings.from_env(os.environ))
         ctx.call_on_close(c.close)
         ctx.obj = c
-
-
-def _keyed(
-    c: _Context, path: str, *, resolve: bool, base_image: str | None, fmt: str | None
-) -> tuple[EnvironmentSpec, EnvKey]:
-    """Load a spec, pin its base image (unless told not to) and compute its key."""
-    from hashing import compute_key
-    from specio.files import load_spec
-
-    spec = load_spec(path, format=_format(fmt), default_base=_default_base(c, base_image))
-    s = c.settings
-    spec = spec.with_package_sources(
-        channels=s.channels, pip_index_url=s.pip_index_url, pip_find_links=s.pip_find_links
-    )
-    if resolve:
-        spec = spec.with_images(c.resolver.resolve)
-    return spec, compute_key(spec)
-
-
-def _hash(
-    c: _Context, path: str, *, resolve: bool, base_image: str | None, fmt: str | None
-) -> tuple[str, bool]:
-    """A spec's key and whether it is pinned: the server's (its package sources are part of
-    the key) when there is one, else computed here."""
-    if c.settings.server_url and resolve:
-        answer = c.environments().hash(_request(c, path, base_image, fmt))
-        return answer.key, answer.pinned
-    spec, key = _keyed(c, path, resolve=resolve, base_image=base_image, fmt=fmt)
-    return key, spec.pinned
-
-
-def _default_base(c: _Context, flag: str | None) -> ImageName | None:
-    from hashing import parse_image_at
-
-    text = flag or c.settings.default_base_image
-    if text is None:
-        return None
-    return parse_image_at(text, "--base-image" if flag else "ENVCTL_BASE_IMAGE")
-
-
-def _format(text: str | None) -> SpecFormat | None:
-    if text is None or text in ("envctl", "conda", "azureml"):
-        return text  # type: ignore[return-value]
-    from hashing import SpecError
-
-    raise SpecError(f"unknown format {text!r}: use envctl, conda or azureml", source="--format")
 
 
 @app.command("hash")
@@ -194,12 +97,12 @@ def hash_command(
     """Print the content key of each spec: `KEY  PATH`, one line per spec."""
     from hashing import EnvctlError
 
-    c = _context(ctx)
+    c = context_of(ctx)
     code = EXIT_OK
     results: list[dict[str, Any]] = []
     for path in specs:
         try:
-            key, pinned = _hash(c, path, resolve=not no_resolve, base_image=base_image, fmt=fmt)
+            key, pinned = key_of(c, path, resolve=not no_resolve, base_image=base_image, fmt=fmt)
         except EnvctlError as exc:  # every spec is tried; the first failure sets the exit code
             failed = report(exc)
             code = code or failed
@@ -228,12 +131,12 @@ def explain_command(
     """Show the canonical inputs behind a key; with OTHER, exactly which inputs differ."""
     from cli import views
 
-    c = _context(ctx)
-    left, left_key = _keyed(c, spec, resolve=not no_resolve, base_image=base_image, fmt=fmt)
+    c = context_of(ctx)
+    left, left_key = keyed(c, spec, resolve=not no_resolve, base_image=base_image, fmt=fmt)
     if other is None:
         views.explain_one(_out(), spec, left, left_key, as_json)
         return
-    right, right_key = _keyed(c, other, resolve=not no_resolve, base_image=base_image, fmt=fmt)
+    right, right_key = keyed(c, other, resolve=not no_resolve, base_image=base_image, fmt=fmt)
     views.explain_two(_out(), (spec, left, left_key), (other, right, right_key), as_json)
 
 
@@ -257,8 +160,8 @@ def resolve_command(
     from cli import views
     from client.models import ImageView
 
-    c = _context(ctx)
-    request = _request(c, spec, base_image, fmt)
+    c = context_of(ctx)
+    request = request_of(c, spec, base_image, fmt)
     envs = c.environments()
     if no_build:
         answer = envs.resolve(request, build=False, force_rebuild=force_rebuild)
@@ -273,16 +176,6 @@ def resolve_command(
         _out().print(_escape(image.image))
         built = f" (build {image.build_id})" if image.build_id else ""
         _err().print(f"{image.source}{built}: {image.digest}")
-
-
-def _request(c: _Context, path: str, base_image: str | None, fmt: str | None) -> ResolveRequest:
-    """A spec file and the files it names, as the service takes them."""
-    from specio.request import request_from_file
-
-    default = base_image or c.settings.default_base_image
-    if default is not None:
-        _default_base(c, base_image)  # a malformed --base-image is the flag's error
-    return request_from_file(path, format=_format(fmt), base_image=default)
 
 
 @app.command("logs")
@@ -300,7 +193,7 @@ def logs_command(
     from client.http import failure
     from client.models import BuildView
 
-    c = _context(ctx)
+    c = context_of(ctx)
     end: BuildView | None = None
     for item in c.environments().logs(build_id, follow=follow):
         if isinstance(item, BuildView):
@@ -339,13 +232,13 @@ def prewarm_command(
     from hashing import EnvKey
     from registry.base import ImageRef
 
-    c = _context(ctx)
-    envs = _prewarm_target(c, to_global)
+    c = context_of(ctx)
+    envs = prewarm_target(c, to_global)
     ctx.call_on_close(envs.close)
 
     def resolve_one(path: str) -> ImageRef:
         view = envs.resolve_image(
-            _request(c, path, base_image, fmt),
+            request_of(c, path, base_image, fmt),
             on_log=lambda event: views.prewarm_progress(_err(), path, event.stage, event.text),
         )
         return ImageRef(EnvKey(view.key), view.image, view.digest, view.source, view.build_id)
@@ -363,36 +256,6 @@ def prewarm_command(
     raise typer.Exit(EXIT_FAILED if any(o.error is not None for o in outcomes) else EXIT_OK)
 
 
-def _prewarm_target(c: _Context, to_global: bool) -> EnvctlClient | LocalEnvironments:
-    """Where prewarm builds: the workspace, or with --global the global registry (through a
-    server, an admin token's; embedded, the global registry's credentials)."""
-    s = c.settings
-    if not to_global:
-        return c.environments()
-    from service.records import GLOBAL_WORKSPACE
-
-    if s.server_url:
-        from client.http import EnvctlClient
-
-        return EnvctlClient(
-            s.server_urls,
-            s.token,
-            workspace=GLOBAL_WORKSPACE,
-            unreachable_after=s.unreachable_after,
-        )
-    if not s.global_registry:
-        from hashing import SpecError
-
-        raise SpecError("--global needs ENVCTL_GLOBAL_REGISTRY", source="--global")
-    from datetime import UTC, datetime
-
-    from cli.local import LocalEnvironments
-    from service.records import Workspace
-
-    target = Workspace(GLOBAL_WORKSPACE, s.global_registry, datetime.now(UTC))
-    return LocalEnvironments(s, workspace=target)
-
-
 @app.command("inspect")
 def inspect_command(
     ctx: typer.Context,
@@ -407,11 +270,11 @@ def inspect_command(
     from hashing import is_key
     from registry.metadata import EnvMetadata
 
-    c = _context(ctx)
+    c = context_of(ctx)
     envs = c.environments()
     key = target
     if not is_key(target) or Path(target).exists():
-        key = envs.hash(_request(c, target, base_image, fmt)).key
+        key = envs.hash(request_of(c, target, base_image, fmt)).key
     try:
         metadata = EnvMetadata.from_json(envs.environment(key))
     except NotFound:
