@@ -112,10 +112,21 @@ def create_app(
     _handle_errors(app)
     app.add_middleware(_CountRequests, metrics=svc.metrics)
 
-    def reach(token: Token, workspace: str) -> None:
-        # the same 404 as for a workspace that does not exist: never reveal another's
-        if (workspace == GLOBAL_WORKSPACE and not token.admin) or not token.reaches(workspace):
-            raise NotFound(f"no workspace {workspace!r}")
+    _probes(app, svc)
+    _environment_routes(app, svc)
+    _build_routes(app, svc, tokens)
+    return app
+
+
+def _reach(token: Token, workspace: str) -> None:
+    """NotFound unless `token` reaches `workspace`: the same 404 as for a workspace that does
+    not exist, so another's is never revealed."""
+    if (workspace == GLOBAL_WORKSPACE and not token.admin) or not token.reaches(workspace):
+        raise NotFound(f"no workspace {workspace!r}")
+
+
+def _probes(app: FastAPI, svc: EnvironmentService) -> None:
+    """/healthz, /readyz and /metrics: no token needed."""
 
     @app.get("/healthz", tags=["service"])
     async def healthz() -> dict[str, str]:
@@ -134,6 +145,10 @@ def create_app(
         """Prometheus metrics."""
         body = await run_blocking(svc.metrics.render)
         return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def _environment_routes(app: FastAPI, svc: EnvironmentService) -> None:
+    """Keys, resolves and what is stored with an image."""
 
     @app.post("/v1/hash", tags=["environments"])
     async def hash_spec(body: ResolveRequest, token: CallerToken) -> HashView:
@@ -162,7 +177,7 @@ def create_app(
         Idempotent per key: a resolve sent again (to this server or another on the database,
         by a client whose server went away) joins the key's active build, never a second one;
         only with `force_rebuild`, sent again after that build finished, does it build again."""
-        reach(token, workspace)
+        _reach(token, workspace)
         resolved = None if force_rebuild else svc.answer_from_memory(workspace, body)
         if resolved is None:  # it needs the registries or the database: off the loop
             resolved = await svc.blocking(
@@ -178,6 +193,21 @@ def create_app(
             record = await svc.wait_async(workspace, record.id, wait)
         return await _build_answer(svc, record, accepted=True)
 
+    @app.get("/v1/workspaces/{workspace}/environments/{key}", tags=["environments"])
+    async def get_environment(
+        workspace: WorkspaceName,
+        key: Annotated[str, Path(pattern="^[0-9a-f]{32}$")],
+        token: CallerToken,
+    ) -> dict[str, Any]:
+        """What is stored with an environment's image: spec, lock, Dockerfile, log, facts."""
+        _reach(token, workspace)
+        metadata = await svc.blocking(workspace, svc.metadata, workspace, key)
+        return metadata.as_json()
+
+
+def _build_routes(app: FastAPI, svc: EnvironmentService, tokens: TokenCache) -> None:
+    """A build's status, and its log as a stream."""
+
     @app.get("/v1/workspaces/{workspace}/builds/{build_id}", tags=["builds"])
     async def get_build(
         workspace: WorkspaceName,
@@ -186,7 +216,7 @@ def create_app(
         wait: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 0,
     ) -> BuildView:
         """A build's status, timings and, once it succeeded, its image."""
-        reach(token, workspace)
+        _reach(token, workspace)
         record = await svc.wait_async(workspace, build_id, wait)
         answer = await _build_answer(svc, record, accepted=False)
         assert isinstance(answer, BuildView)
@@ -209,7 +239,7 @@ def create_app(
         """The build's log as Server-Sent Events (`log`, then one `end` with the build),
         live while it runs (`follow=false`: the log so far, then `end` with the build as it
         is); send `Last-Event-ID` to resume after a dropped connection."""
-        reach(token, workspace)
+        _reach(token, workspace)
         await run_blocking(svc.build, workspace, build_id)  # 404 now, not inside the stream
         secret = _bearer(request.headers.get("authorization"))  # _caller checked it
 
@@ -221,19 +251,6 @@ def create_app(
 
         stream = svc.follow(workspace, build_id, last_event_id, live=follow, allowed=allowed)
         return EventSourceResponse(_events(stream), ping=15)
-
-    @app.get("/v1/workspaces/{workspace}/environments/{key}", tags=["environments"])
-    async def get_environment(
-        workspace: WorkspaceName,
-        key: Annotated[str, Path(pattern="^[0-9a-f]{32}$")],
-        token: CallerToken,
-    ) -> dict[str, Any]:
-        """What is stored with an environment's image: spec, lock, Dockerfile, log, facts."""
-        reach(token, workspace)
-        metadata = await svc.blocking(workspace, svc.metadata, workspace, key)
-        return metadata.as_json()
-
-    return app
 
 
 async def _build_answer(
