@@ -158,57 +158,61 @@ def parse_instructions(text: str, source: str, first_line: int) -> tuple[DockerS
             source=source,
             line=commands[MAX_STEPS].start_line + first_line - 1,
         )
-    steps = []
-    for cmd in commands:
-        line = cmd.start_line + first_line - 1
-        if not cmd.cmd:  # a line that is only a line continuation, with nothing after it
-            raise SpecError("a line continuation with no instruction after it", source=source,
-                            line=line)  # fmt: skip
-        instruction = cmd.cmd.upper()
-        if instruction not in _INSTRUCTIONS and instruction != "FROM":
-            raise SpecError(f"unknown instruction {cmd.cmd!r}", source=source, line=line)
-        if not cmd.value:
-            raise SpecError(f"{instruction} needs arguments", source=source, line=line)
-        flags = tuple(cmd.flags)
-        if instruction == "ONBUILD" and "<<" in cmd.original:
-            # Docker's parser drops an ONBUILD trigger's heredoc bodies, so two different
-            # triggers would read as one: refuse rather than risk one key for both
-            raise SpecError("ONBUILD with a heredoc is not supported", source=source, line=line)
-        if instruction == "ONBUILD" and _ONBUILD_SUB_FLAGS.match(cmd.original):
-            # nor does it keep the trigger's own flags (Docker stores the trigger's text): read
-            # the trigger alone, so its flags are keyed and policed like any step's
-            trigger = _trigger(cmd.original, source, line)
-            flags = trigger.flags
-            for flag in flags:
-                if flag.partition("=")[0] in ("--from", "--mount"):
-                    # it runs in whatever build uses the image as a base, where this spec's
-                    # stages mean nothing and its reads are nobody's to check
-                    raise SpecError(
-                        f"ONBUILD {trigger.instruction} {flag.partition('=')[0]} is not "
-                        "supported: a trigger reads images where the image is used, unchecked",
-                        source=source,
-                        line=line,
-                        field=f"ONBUILD {trigger.instruction} --from",
-                    )
-        if not all(flag.isascii() for flag in flags):
-            raise SpecError("an instruction's --flags must be ASCII", source=source, line=line)
-        args = tuple(cmd.value)
-        if instruction == "HEALTHCHECK":  # Docker reads its CMD/NONE word in any case
-            args = (args[0].upper(), *args[1:])
-        steps.append(
-            DockerStep(
-                instruction=instruction,
-                flags=flags,
-                json=bool(cmd.json),
-                args=args,
-                sub_instruction=cmd.sub_cmd.upper() if cmd.sub_cmd else None,
-                heredocs=tuple((h.name, h.content) for h in cmd.heredocs),
-                line=line,
-                original=cmd.original,
+    return tuple(_step(cmd, source, cmd.start_line + first_line - 1) for cmd in commands)
+
+
+def _step(cmd: goparse.Command, source: str, line: int) -> DockerStep:
+    """One parsed command as a DockerStep, checked: SpecError at `line` for what is refused."""
+    if not cmd.cmd:  # a line that is only a line continuation, with nothing after it
+        raise SpecError("a line continuation with no instruction after it", source=source,
+                        line=line)  # fmt: skip
+    instruction = cmd.cmd.upper()
+    if instruction not in _INSTRUCTIONS and instruction != "FROM":
+        raise SpecError(f"unknown instruction {cmd.cmd!r}", source=source, line=line)
+    if not cmd.value:
+        raise SpecError(f"{instruction} needs arguments", source=source, line=line)
+    flags = tuple(cmd.flags)
+    if instruction == "ONBUILD":
+        flags = _onbuild_flags(cmd.original, source, line) or flags
+    if not all(flag.isascii() for flag in flags):
+        raise SpecError("an instruction's --flags must be ASCII", source=source, line=line)
+    args = tuple(cmd.value)
+    if instruction == "HEALTHCHECK":  # Docker reads its CMD/NONE word in any case
+        args = (args[0].upper(), *args[1:])
+    return DockerStep(
+        instruction=instruction,
+        flags=flags,
+        json=bool(cmd.json),
+        args=args,
+        sub_instruction=cmd.sub_cmd.upper() if cmd.sub_cmd else None,
+        heredocs=tuple((h.name, h.content) for h in cmd.heredocs),
+        line=line,
+        original=cmd.original,
+        source=source,
+    )
+
+
+def _onbuild_flags(original: str, source: str, line: int) -> tuple[str, ...]:
+    """An ONBUILD trigger's own flags, which Docker's parser drops (Docker stores the trigger's
+    text): read from the trigger alone, so they are keyed and policed like any step's. One that
+    reads an image is refused: it runs in whatever build uses the image as a base, where this
+    spec's stages mean nothing and its reads are nobody's to check. So is a heredoc, whose body
+    the parser drops too (two different triggers would read as one)."""
+    if "<<" in original:
+        raise SpecError("ONBUILD with a heredoc is not supported", source=source, line=line)
+    if not _ONBUILD_SUB_FLAGS.match(original):
+        return ()
+    trigger = _trigger(original, source, line)
+    for flag in trigger.flags:
+        if flag.partition("=")[0] in ("--from", "--mount"):
+            raise SpecError(
+                f"ONBUILD {trigger.instruction} {flag.partition('=')[0]} is not supported: a "
+                "trigger reads images where the image is used, unchecked",
                 source=source,
+                line=line,
+                field=f"ONBUILD {trigger.instruction} --from",
             )
-        )
-    return tuple(steps)
+    return trigger.flags
 
 
 def _trigger(original: str, source: str, line: int) -> DockerStep:
