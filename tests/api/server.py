@@ -22,7 +22,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -43,19 +42,12 @@ from typer.testing import CliRunner
 
 from cli import main as cli
 from tests.conftest import Services
+from tests.registry.servers import free_port
 
 ENVCTL = str(Path(sys.executable).parent / "envctl")
 READY_SECONDS = 30.0  # from exec to a /healthz answer (imports, database, uvicorn)
 STOP_SECONDS = 15.0  # SIGTERM to exit: uvicorn's graceful shutdown is 5 s
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    """A loopback TCP port nothing listens on (now)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def until(what: str, probe: Callable[[], T | None], *, seconds: float = 60.0) -> T:

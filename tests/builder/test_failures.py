@@ -9,12 +9,10 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from builder.config import BuildConfig
@@ -28,68 +26,12 @@ from registry.oci import OciRegistry
 from specio.files import load_spec
 from tests.builder.engines import ThrowawayEngine, throwaway_engine
 from tests.conftest import Services, docker
-from tests.registry.servers import free_port
+from tests.registry.servers import RegistryProcess
 from tests.streams import Lines
 
 ENVCTL = str(Path(sys.executable).parent / "envctl")
 EXIT_UNAVAILABLE = 3  # cli.main: a required service unreachable
 STEP_RUNNING = "step running"  # what the step prints; its Dockerfile line does not contain it
-
-
-class RegistryProcess:
-    """A `docker-registry serve` of the test's own, on a fixed loopback port and storage folder,
-    so that it can be stopped and started again as the same registry."""
-
-    def __init__(self, folder: Path) -> None:
-        folder.mkdir(parents=True)
-        self.host = f"127.0.0.1:{free_port()}"
-        self.config = folder / "config.yml"
-        self.config.write_text(
-            f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
-            f"    rootdirectory: {folder / 'storage'}\n  delete:\n    enabled: true\n"
-            f"http:\n  addr: {self.host}\n"
-        )
-        self.log = folder / "registry.log"
-        self._process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def running(self) -> bool:
-        """Whether the registry process is alive."""
-        return self._process is not None and self._process.poll() is None
-
-    def start(self) -> None:
-        """Start the registry and wait until `/v2/` answers, 10 s at most."""
-        with self.log.open("ab") as out:
-            self._process = subprocess.Popen(
-                ["docker-registry", "serve", str(self.config)],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env={"PATH": os.environ["PATH"]},  # REGISTRY_* variables would override it
-            )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                break
-            try:
-                if httpx.get(f"http://{self.host}/v2/", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.02)  # polling interval, not a guess at readiness
-        self.stop()
-        pytest.fail(f"registry at {self.host} did not start: {self.log.read_text()[-2000:]}")
-
-    def stop(self) -> None:
-        """Terminate the registry and wait for it to exit (KILL after 10 s)."""
-        if self._process is None:
-            return
-        self._process.terminate()
-        try:
-            self._process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait(timeout=10)
 
 
 @pytest.fixture

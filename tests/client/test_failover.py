@@ -30,15 +30,9 @@ from client.errors import RemoteError
 from client.http import AsyncEnvctlClient, EnvctlClient
 from client.models import BuildView, ImageView
 from specio.request import request_from_file
-from tests.api.server import (
-    Deployment,
-    EnvctlServer,
-    Tenant,
-    free_port,
-    postgres_database,
-    until,
-)
+from tests.api.server import Deployment, EnvctlServer, Tenant, postgres_database, until
 from tests.conftest import Services
+from tests.registry.servers import free_port
 from tests.streams import Lines
 
 ENVCTL = str(Path(sys.executable).parent / "envctl")

@@ -55,58 +55,76 @@ def free_port() -> int:
 # -- real registry processes -------------------------------------------------------------------
 
 
-@dataclass
-class Served:
-    """A registry process on loopback."""
+class RegistryProcess:
+    """A `docker-registry serve` of a test's own on loopback, with the `auth:` section given
+    (none: anonymous), on a fixed port and storage folder: stopped and started again, it is the
+    same registry. The one way the tests start a registry of their own."""
 
-    host: str
-    process: subprocess.Popen[bytes]
-    log: Path
+    def __init__(self, folder: Path, auth: str = "") -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.host = f"127.0.0.1:{free_port()}"
+        self.config = folder / "config.yml"
+        self.config.write_text(
+            f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
+            f"    rootdirectory: {folder / 'data'}\n  delete:\n    enabled: true\n"
+            f"http:\n  addr: {self.host}\n" + (f"auth:\n{auth}" if auth else "")
+        )
+        self.log = folder / "registry.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def running(self) -> bool:
+        """Whether the registry process is alive."""
+        return self.process is not None and self.process.poll() is None
+
+    def start(self) -> None:
+        """Start it and wait until `/v2/` answers anything (a 401 is an answer), 10 s at most."""
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                ["docker-registry", "serve", str(self.config)],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={"PATH": os.environ["PATH"]},  # REGISTRY_* variables would override it
+            )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"registry exited ({self.process.returncode}): {self._tail()}")
+            try:
+                httpx.get(f"http://{self.host}/v2/", timeout=1)
+                return
+            except httpx.TransportError:
+                time.sleep(0.02)  # polling interval, not a guess at readiness
+        self.stop()
+        pytest.fail(f"registry at {self.host} did not answer in 10 s: {self._tail()}")
+
+    def stop(self) -> None:
+        """Terminate it and wait for it to exit (KILL after 10 s)."""
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def _tail(self) -> str:
+        return self.log.read_text()[-2000:]
+
+
+Served = RegistryProcess  # what the auth fixtures yield: a started registry
 
 
 def serve_registry(folder: Path, auth: str) -> Iterator[Served]:
-    """Start `docker-registry serve` with the given `auth:` section; stop it afterwards."""
-    folder.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    config = folder / "config.yml"
-    config.write_text(
-        f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
-        f"    rootdirectory: {folder / 'data'}\n  delete:\n    enabled: true\n"
-        f"http:\n  addr: 127.0.0.1:{port}\nauth:\n{auth}"
-    )
-    log = folder / "registry.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            ["docker-registry", "serve", str(config)],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={"PATH": os.environ["PATH"]},  # REGISTRY_* variables would override the config
-        )
+    """Start a registry with the given `auth:` section; stop it afterwards."""
+    registry = RegistryProcess(folder, auth)
+    registry.start()
     try:
-        _wait_until_answering(f"http://127.0.0.1:{port}/v2/", process, log)
-        yield Served(f"127.0.0.1:{port}", process, log)
+        yield registry
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-
-
-def _wait_until_answering(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    """Poll until the URL answers anything (a 401 is an answer), 10 s at most."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"registry exited ({process.returncode}): {log.read_text()[-2000:]}")
-        try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.TransportError:
-            time.sleep(0.02)  # polling interval, not a guess at readiness
-    pytest.fail(f"registry at {url} did not answer in 10 s: {log.read_text()[-2000:]}")
+        registry.stop()
 
 
 def htpasswd_registry(folder: Path, user: Credentials) -> Iterator[Served]:

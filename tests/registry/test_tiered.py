@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +16,7 @@ from registry.oci import OciRegistry
 from registry.tiered import TieredRegistry
 from tests.conftest import Services, docker
 from tests.registry.images import layer_of, push_image
+from tests.registry.servers import RegistryProcess, free_port
 
 
 def _key() -> EnvKey:
@@ -105,17 +103,11 @@ def test_a_corrupt_blob_in_the_global_registry_leaves_no_tag(
     assert not workspace.has_blob(layer.digest)
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_an_unreachable_global_registry_raises_and_is_never_a_miss(
     tiers: tuple[OciRegistry, OciRegistry],
 ) -> None:
     workspace, _ = tiers
-    down = OciRegistry(f"127.0.0.1:{_closed_port()}/global")
+    down = OciRegistry(f"127.0.0.1:{free_port()}/global")
     with pytest.raises(RegistryUnavailable) as info:
         TieredRegistry(workspace, down).lookup(_key())
     assert "127.0.0.1" in info.value.endpoint
@@ -123,40 +115,14 @@ def test_an_unreachable_global_registry_raises_and_is_never_a_miss(
 
 def test_a_registry_stopped_mid_lookup_raises(tmp_path: Path, services: Services) -> None:
     """A real registry process that answers once, then is stopped: the next lookup raises."""
-    port = _closed_port()
-    config = tmp_path / "config.yml"
-    config.write_text(
-        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path / 'data'}\n"
-        f"  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n"
-    )
-    process = subprocess.Popen(
-        ["docker-registry", "serve", str(config)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={"PATH": os.environ["PATH"]},
-    )
+    own = RegistryProcess(tmp_path / "registry")
+    own.start()
     try:
-        registry = OciRegistry(f"127.0.0.1:{port}/ns", retries=0)
-        _wait_until_up(registry)
+        registry = OciRegistry(f"{own.host}/ns", retries=0)
         tiered = TieredRegistry(OciRegistry(f"{services.workspace_registry}/x"), registry)
         assert tiered.lookup(_key()) is None  # it answers: a real miss
-        process.terminate()
-        process.wait(timeout=10)
+        own.stop()
         with pytest.raises(RegistryUnavailable):
             tiered.lookup(_key())
     finally:
-        process.kill()
-        process.wait(timeout=10)
-
-
-def _wait_until_up(registry: OciRegistry) -> None:
-    """Poll until the registry answers (10 s at most); one that never does fails the test."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            registry.tags()
-            return
-        except RegistryUnavailable:
-            time.sleep(0.02)  # polling interval, not a guess at readiness
-    pytest.fail(f"registry {registry.address} did not start")
+        own.stop()

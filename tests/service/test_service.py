@@ -30,8 +30,9 @@ from client.models import BuildView, ImageView, LogEventView
 from registry.oci import OciRegistry
 from service.settings import Settings
 from specio.request import ResolveRequest, request_from_file
-from tests.api.server import Deployment, EnvctlServer, Tenant, free_port, postgres_database, until
+from tests.api.server import Deployment, EnvctlServer, Tenant, postgres_database, until
 from tests.conftest import Services
+from tests.registry.servers import free_port
 
 BUILD_SECONDS = 90.0  # bound on any one small build here (they take about a second)
 
