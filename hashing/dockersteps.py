@@ -10,7 +10,7 @@ moby/buildkit's Go code) instead of imitating it.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from json import dumps as json_dumps
 from typing import Any
@@ -289,6 +289,22 @@ def _arguments(instruction: str, json: bool, args: tuple[str, ...]) -> str:
 def _flag(flag: str) -> str:
     """A flag as Docker reads it back: `--name=value` with quotes, spaces and `\\` escaped."""
     return "--" + _FLAG_SPECIAL.sub(r"\\\1", flag[2:]) if flag.startswith("--") else flag
+
+
+def dockerfile_lines(steps: Sequence[DockerStep]) -> list[str]:
+    """`step.dockerfile_line()` of each step, checked with one parse of them all (a server's
+    parser runs in a child process: a check per step would cost a round trip per step);
+    when that parse does not read every step back, each is written and checked alone."""
+    if not steps:
+        return []
+    texts = [next(_renderings(step)) for step in steps]
+    try:
+        parsed = parse_instructions("\n".join([*texts, _SENTINEL]), "<rendered>", 1)
+    except (SpecError, UnicodeDecodeError):
+        parsed = ()
+    if list(parsed[:-1]) == list(steps) and parsed[-1:] and parsed[-1].original == _SENTINEL:
+        return texts
+    return [step.dockerfile_line() for step in steps]
 
 
 def _reads_back(text: str, step: DockerStep) -> bool:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from hashing.conda import CondaEnvironment
-from hashing.dockersteps import DockerStep
+from hashing.dockersteps import DockerStep, dockerfile_lines
 from hashing.errors import SpecError
 from hashing.imageref import (
     DEFAULT_PLATFORM,
@@ -102,8 +102,8 @@ class EnvironmentSpec:
         environment's starting from it. Every step reads back as it was keyed; SpecError for
         one that cannot be written so (a resolve says so before a build is queued)."""
         if not self.stages:
-            steps = (qualified_sources(s, frozenset()) for s in self.docker_steps)
-            return [f"FROM {environment}", *(step.dockerfile_line() for step in steps)]
+            steps = [qualified_sources(s, frozenset()) for s in self.docker_steps]
+            return [f"FROM {environment}", *dockerfile_lines(steps)]
         lines: list[str] = []
         for index, stage in enumerate(self.stages):
             earlier = frozenset(s.name for s in self.stages[:index] if s.name is not None)

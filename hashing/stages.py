@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from hashing.dockersteps import DockerStep, parse_instructions
+from hashing.dockersteps import DockerStep, dockerfile_lines, parse_instructions
 from hashing.errors import SpecError
 from hashing.imageref import ImageName, InvalidReference, normalize_platform, parse_image
 
@@ -78,7 +78,7 @@ class Stage:
         start = environment if self.is_environment else self.parent or str(self.image)
         flags = f"--platform={self.platform} " if self.platform else ""
         yield f"FROM {flags}{start}" + (f" AS {self.name}" if self.name else "")
-        yield from (qualified_sources(step, earlier).dockerfile_line() for step in self.steps)
+        yield from dockerfile_lines([qualified_sources(step, earlier) for step in self.steps])
 
 
 def qualified_sources(step: DockerStep, stages: frozenset[str]) -> DockerStep:

@@ -13,6 +13,7 @@ from hashing.dockersteps import (
     _ONBUILD_SUB_FLAGS,
     DockerStep,
     _renderings,
+    dockerfile_lines,
     parse_steps,
 )
 from hashing.errors import SpecError
@@ -244,6 +245,25 @@ def test_every_parsed_step_reads_back_the_same(parts: list[tuple[str, str]]) -> 
         assert parse_steps(line, "rendered") == (step,), line
         assert _rendered_from_parsed_form(step), line
         assert parse_steps(line, "again")[0].dockerfile_line() == line
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_step_parts(), min_size=1, max_size=6))
+def test_steps_written_together_are_each_as_written_alone(parts: list[tuple[str, str]]) -> None:
+    """One parse checks them all; the lines are those each step writes alone, or it raises
+    as that step would."""
+    try:
+        steps = parse_steps("\n".join(map(_written, parts)), "generated")
+    except SpecError:
+        assume(False)
+        raise
+    try:
+        alone = [step.dockerfile_line() for step in steps]
+    except SpecError:
+        with pytest.raises(SpecError):
+            dockerfile_lines(steps)
+        return
+    assert dockerfile_lines(steps) == alone
 
 
 @settings(max_examples=200, deadline=None)
