@@ -195,3 +195,12 @@ def tiers(
     yield workspace, global_
     workspace.close()
     global_.close()
+
+
+def write_tree(root: Path, files: dict[str, str]) -> Path:
+    """Write `files` (path relative to `root` -> text) under `root`, folders made; `root`."""
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root

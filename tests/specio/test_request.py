@@ -19,7 +19,7 @@ from specio.context import copy_context, scan_context
 from specio.files import load_spec
 from specio.received import _escapes, _Sent, spec_from_request
 from specio.request import ResolveRequest, SpecFile, request_from_file
-from tests.conftest import CORPUS, EXAMPLES, needs_corpus
+from tests.conftest import CORPUS, EXAMPLES, needs_corpus, write_tree
 from tests.specio.test_corpus import BASE as BASE_TEXT
 from tests.specio.test_corpus import BROKEN, INDEX
 
@@ -36,14 +36,6 @@ CORPUS_SPECS = [
 
 def _b64(data: str | bytes) -> str:
     return base64.b64encode(data.encode() if isinstance(data, str) else data).decode()
-
-
-def _write(root: Path, files: dict[str, str]) -> Path:
-    for rel, text in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    return root
 
 
 def _remote(path: Path, context_dir: Path | None = None) -> EnvironmentSpec:
@@ -136,8 +128,8 @@ def test_a_spec_sent_as_an_object_is_the_envctl_format(tmp_path: Path) -> None:
     conda = {"channels": ["conda-forge"], "dependencies": ["numpy >=1.2", {"pip": ["requests"]}]}
     body: dict[str, Any] = {"base_image": "ubuntu", "conda": conda, "variables": {"A": "1"}}
     request = ResolveRequest(spec=body)
-    _write(tmp_path, {"spec.yml": "base_image: ubuntu\nvariables: {A: '1'}\nconda: env.yml\n"})
-    _write(
+    write_tree(tmp_path, {"spec.yml": "base_image: ubuntu\nvariables: {A: '1'}\nconda: env.yml\n"})
+    write_tree(
         tmp_path,
         {"env.yml": "channels: [conda-forge]\ndependencies: [numpy>=1.2, {pip: [requests]}]\n"},
     )
@@ -208,7 +200,7 @@ def test_a_named_file_the_request_lacks_is_reported_where_it_is_named(
 
 
 def test_the_client_refuses_an_absolute_path_where_the_spec_names_it(tmp_path: Path) -> None:
-    _write(tmp_path, {"env.yml": "dependencies: [numpy]\n"})
+    write_tree(tmp_path, {"env.yml": "dependencies: [numpy]\n"})
     spec = tmp_path / "spec.yml"
     spec.write_text(f"base_image: x\nconda: {tmp_path / 'env.yml'}\n")
     load_spec(spec)  # fine on disk; cannot be sent
@@ -339,7 +331,7 @@ def test_only_entries_of_the_context_folder_are_written(tmp_path: Path) -> None:
 
 
 def test_ignored_files_are_not_sent_and_keys_still_match(tmp_path: Path) -> None:
-    _write(
+    write_tree(
         tmp_path,
         {
             "ctx/.dockerignore": "*.log\nsecret/\n!secret/keep.txt\n",
@@ -358,7 +350,7 @@ def test_ignored_files_are_not_sent_and_keys_still_match(tmp_path: Path) -> None
 
 
 def test_self_excluding_ignore_files_are_sent_for_their_rules(tmp_path: Path) -> None:
-    _write(
+    write_tree(
         tmp_path,
         {
             "ctx/.dockerignore": ".dockerignore\nDockerfile\nsecret/\n!secret/keep.txt\n",
@@ -386,7 +378,7 @@ def test_self_excluding_ignore_files_are_sent_for_their_rules(tmp_path: Path) ->
 
 
 def test_a_dockerfile_linked_to_an_ignored_file_is_read_through_the_link(tmp_path: Path) -> None:
-    _write(
+    write_tree(
         tmp_path,
         {
             "ctx/.dockerignore": "docker/\n",
@@ -407,7 +399,7 @@ def test_a_dockerfile_linked_to_an_ignored_file_is_read_through_the_link(tmp_pat
 def test_modes_are_keyed_as_sent_and_written_without_setuid_bits(tmp_path: Path) -> None:
     """A tenant's setuid file must not become a setuid-root file on the host; its mode still
     goes into the key (and, through the builder's archive, into the image)."""
-    _write(
+    write_tree(
         tmp_path,
         {
             "ctx/run.sh": "#!/bin/sh\n",
@@ -439,7 +431,7 @@ def test_modes_are_keyed_as_sent_and_written_without_setuid_bits(tmp_path: Path)
 
 
 def test_a_written_context_leaves_no_temporary_folder(tmp_path: Path) -> None:
-    _write(tmp_path, {"ctx/a.txt": "a", "spec.yml": "base_image: x\ncontext: ctx\n"})
+    write_tree(tmp_path, {"ctx/a.txt": "a", "spec.yml": "base_image: x\ncontext: ctx\n"})
     _remote(tmp_path / "spec.yml", tmp_path / "builds" / "b1.context")
     assert os.listdir(tmp_path / "builds") == ["b1.context"]
 

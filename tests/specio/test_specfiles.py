@@ -14,14 +14,7 @@ from hypothesis import strategies as st
 from hashing import SpecError, compute_key
 from specio.context import DockerIgnore, FileHasher, scan_context
 from specio.files import MAX_TEXT_BYTES, load_spec
-
-
-def _write(root: Path, files: dict[str, str]) -> Path:
-    for rel, text in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    return root
+from tests.conftest import write_tree
 
 
 def _paths(root: Path) -> list[str]:
@@ -29,7 +22,7 @@ def _paths(root: Path) -> list[str]:
 
 
 def test_dockerignore_follows_dockers_rules(tmp_path: Path) -> None:
-    _write(
+    write_tree(
         tmp_path,
         {
             ".dockerignore": "# comment\n*.log\nbuild/\n!build/keep.txt\n**/cache\n",
@@ -54,12 +47,14 @@ def test_dockerignore_follows_dockers_rules(tmp_path: Path) -> None:
 
 
 def test_an_excluded_dockerignore_and_dockerfile_are_not_in_the_context(tmp_path: Path) -> None:
-    _write(tmp_path, {".dockerignore": ".dockerignore\nDockerfile\n", "Dockerfile": "F", "a": "a"})
+    write_tree(
+        tmp_path, {".dockerignore": ".dockerignore\nDockerfile\n", "Dockerfile": "F", "a": "a"}
+    )
     assert _paths(tmp_path) == ["a"]
 
 
 def test_amlignore_uses_gitignore_rules(tmp_path: Path) -> None:
-    _write(
+    write_tree(
         tmp_path,
         {".amlignore": "*.csv\ndata/\n", "a.py": "", "x.csv": "", "sub/y.csv": "", "data/d": ""},
     )
@@ -67,7 +62,7 @@ def test_amlignore_uses_gitignore_rules(tmp_path: Path) -> None:
 
 
 def test_entries_record_kind_mode_and_content(tmp_path: Path) -> None:
-    _write(tmp_path, {"run.sh": "#!/bin/sh\n", "d/f": "x"})
+    write_tree(tmp_path, {"run.sh": "#!/bin/sh\n", "d/f": "x"})
     os.chmod(tmp_path / "run.sh", 0o755)
     os.symlink("run.sh", tmp_path / "link")
     entries = {e.path: e for e in scan_context(tmp_path).entries}
@@ -84,7 +79,7 @@ def test_a_large_file_hashes_across_chunks(tmp_path: Path) -> None:
 
 
 def _context_spec(tmp_path: Path) -> Path:
-    _write(tmp_path, {"ctx/a.txt": "hello", "ctx/b/c.txt": "c"})
+    write_tree(tmp_path, {"ctx/a.txt": "hello", "ctx/b/c.txt": "c"})
     spec = tmp_path / "spec.yml"
     spec.write_text("base_image: ubuntu\ndocker_steps: COPY a.txt /a\ncontext: ctx\n")
     return spec
@@ -111,7 +106,7 @@ def test_timestamps_do_not_change_the_key(tmp_path: Path) -> None:
 
 def test_inline_conda_equals_the_same_conda_in_a_file(tmp_path: Path) -> None:
     conda = "channels: [conda-forge]\ndependencies: [numpy >=1.2, {pip: [requests]}]\n"
-    _write(tmp_path, {"env.yml": "name: x\n" + conda})
+    write_tree(tmp_path, {"env.yml": "name: x\n" + conda})
     (tmp_path / "by-file.yml").write_text("base_image: ubuntu\nconda: env.yml\n")
     inline = "base_image: ubuntu\nconda:\n" + "".join(f"  {line}\n" for line in conda.splitlines())
     (tmp_path / "inline.yml").write_text(inline)
@@ -144,7 +139,7 @@ def test_a_missing_named_file_is_reported_where_it_is_named(
 
 
 def test_errors_inside_a_named_file_name_that_file(tmp_path: Path) -> None:
-    _write(tmp_path, {"env.yml": "dependencies:\n  - 'numpy>>1'\n", "spec.yml": "image: x\n"})
+    write_tree(tmp_path, {"env.yml": "dependencies:\n  - 'numpy>>1'\n", "spec.yml": "image: x\n"})
     (tmp_path / "spec.yml").write_text("image: x\nconda_file: env.yml\n")
     with pytest.raises(SpecError) as info:
         load_spec(tmp_path / "spec.yml")
